@@ -1,0 +1,205 @@
+"""The ``divekit`` command: list, train, eval and recipe subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from divekit import experiment
+from divekit.data import DATASETS
+from divekit.engine.device import AMP_CHOICES
+from divekit.errors import DivekitError
+from divekit.models import MODELS, count_parameters
+from divekit.optim import OPTIMIZERS, SCHEDULES
+from divekit.recipes import RECIPES
+
+# `train` flags that set a Trainer argument of another name (the rest keep their own name).
+TRAINER_FLAGS = {
+    "epochs": "max_epochs", "lr": "lr", "optimizer": "optimizer", "momentum": "momentum",
+    "weight_decay": "weight_decay", "schedule": "schedule", "warmup_epochs": "warmup_epochs",
+    "grad_clip": "grad_clip", "accumulate": "accumulate", "label_smoothing": "label_smoothing",
+    "early_stopping": "early_stopping", "seed": "seed", "device": "device", "amp": "amp",
+    "channels_last": "channels_last", "compile": "compile",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as one line (plus a pointer to --help), exit status 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+_positive_int.__name__ = "positive integer"
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError
+    return value
+
+
+_positive_float.__name__ = "positive number"
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `recipe run`; unset ones keep the recipe's values."""
+    add = parser.add_argument
+    add("--data", help=f"dataset: {', '.join(DATASETS.names())}")
+    add("--data-dir", help="folder with one sub-folder per dataset (default $DIVEKIT_DATA, "
+                           "then ~/.cache/divekit)")
+    add("--epochs", type=_positive_int, help="passes over the training set")
+    add("--lr", type=_positive_float, help="(peak) learning rate")
+    add("--batch-size", type=_positive_int, help="examples per batch")
+    add("--optimizer", choices=OPTIMIZERS, metavar="NAME", help=f"one of {', '.join(OPTIMIZERS)}")
+    add("--momentum", type=float)
+    add("--weight-decay", type=float)
+    add("--schedule", choices=SCHEDULES, metavar="NAME", help=f"one of {', '.join(SCHEDULES)}")
+    add("--warmup-epochs", type=float, help="linear warm-up length in epochs")
+    add("--grad-clip", type=_positive_float, help="clip the global gradient norm")
+    add("--accumulate", type=_positive_int, help="batches per optimizer step")
+    add("--label-smoothing", type=float)
+    add("--early-stopping", type=_positive_int, metavar="PATIENCE",
+        help="stop after this many epochs without improvement")
+    add("--val-size", type=float, help="hold out this fraction (or count) of training data")
+    add("--seed", type=int)
+    add("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    add("--amp", choices=AMP_CHOICES, metavar="MODE", help=f"autocast: {', '.join(AMP_CHOICES)}")
+    add("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    add("--compile", action="store_true", default=None, help="torch.compile the model")
+    add("--out", type=Path, metavar="RUN_DIR", help="run directory (default runs/MODEL-DATA-TIME)")
+    add("--quiet", action="store_true", help="no progress output, only the final line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="divekit", description="Dive into Deep Learning, as tested software.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+
+    listing = commands.add_parser("list", help="list models, datasets or recipes")
+    listing.add_argument("what", choices=["models", "datasets", "recipes"])
+    listing.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'lenet*'")
+
+    train = commands.add_parser(
+        "train", help="train a model", description="Train a registered model on a dataset. "
+        "The last line reports the final test metrics.")
+    train.add_argument("model", nargs="?", help=f"model: {', '.join(MODELS.names())}")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue an interrupted run from its last checkpoint")
+    _add_run_flags(train)
+
+    evaluate = commands.add_parser("eval", help="test metrics of a run's checkpoint")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--device", default="auto")
+
+    recipe = commands.add_parser("recipe", help="the course's experiments by name")
+    recipe_commands = recipe.add_subparsers(dest="recipe_command", required=True,
+                                            metavar="ACTION", parser_class=_Parser)
+    run = recipe_commands.add_parser("run", help="run a recipe (flags override its settings)")
+    run.add_argument("name", help="recipe name (see `divekit list recipes`)")
+    _add_run_flags(run)
+    show = recipe_commands.add_parser("show", help="print a recipe's settings and book result")
+    show.add_argument("name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except DivekitError as e:
+        print(f"divekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("divekit: interrupted; the last completed epoch's checkpoint is kept "
+              "(continue with `divekit train --resume RUN_DIR`)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        return _list(args.what, args.pattern)
+    if args.command == "eval":
+        metrics = experiment.evaluate_run(args.run_dir, args.checkpoint, args.data_dir, args.device)
+        print(_final_line(metrics))
+        return 0
+    if args.command == "recipe":
+        recipe = RECIPES[args.name]
+        if args.recipe_command == "show":
+            print(f"{recipe.name}: {recipe.description}\n  section: {recipe.section}\n"
+                  f"  config: {recipe.config}\n  book: {recipe.book or '-'}\n"
+                  f"  target: {recipe.target or '-'}")
+            return 0
+        return _train(_apply_flags(recipe.run_config(), args), args)
+    if args.resume is not None:
+        if args.model is not None:
+            raise DivekitError("give either a model or --resume RUN_DIR, not both")
+        config = experiment.read_config(args.resume)
+        args.out = args.resume
+        return _train(_apply_flags(config, args), args, resume=True)
+    if args.model is None:
+        raise DivekitError("name a model to train (see `divekit list models`) or --resume RUN_DIR")
+    MODELS[args.model]  # noqa: B018  (an unknown name fails here, before any data is loaded)
+    config: dict[str, Any] = {"model": args.model, "model_options": {},
+                              "data": args.data or "fashion-mnist", "data_options": {},
+                              "batch_size": 256, "val_size": 0, "trainer": {}}
+    return _train(_apply_flags(config, args), args)
+
+
+def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Overwrite ``config`` entries with the flags the user gave."""
+    if args.data is not None:
+        DATASETS[args.data]  # noqa: B018  (validate the name)
+        config["data"] = args.data
+    if args.data_dir is not None:
+        config["data_dir"] = args.data_dir
+    if args.batch_size is not None:
+        config["batch_size"] = args.batch_size
+    if args.val_size is not None:
+        config["val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
+    for flag, key in TRAINER_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            config["trainer"][key] = value
+    return config
+
+
+def _train(config: dict[str, Any], args: argparse.Namespace, resume: bool = False) -> int:
+    out = args.out or experiment.default_run_dir(config["model"], config["data"])
+    print(f"run directory: {out}", flush=True)
+    _, test = experiment.train(config, Path(out), resume=resume, progress=not args.quiet)
+    print(_final_line(test), flush=True)
+    return 0
+
+
+def _final_line(metrics: dict[str, float]) -> str:
+    parts = [f"{key.removeprefix('test_')} {value:.4f}" for key, value in metrics.items()
+             if key != "test_loss"]
+    return "test " + " ".join(parts + [f"loss {metrics['test_loss']:.4f}"])
+
+
+def _list(what: str, pattern: str) -> int:
+    if what == "models":
+        for name, info in MODELS.items(pattern):
+            params = count_parameters(info.build())
+            print(f"{name:<22} {info.family:<8} {params:>12,} params  {info.section}")
+    elif what == "datasets":
+        for name, info in DATASETS.items(pattern):
+            print(f"{name:<22} {info.description}")
+    else:
+        for name, recipe in RECIPES.items(pattern):
+            print(f"{name:<28} {recipe.description}")
+    return 0

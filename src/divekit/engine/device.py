@@ -1,0 +1,48 @@
+"""Device selection (CUDA, Apple MPS, CPU) and the mixed-precision switch."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from divekit.errors import DivekitError
+
+AMP_CHOICES = ("off", "bf16", "fp16")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then MPS, then CPU; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DivekitError(
+            f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DivekitError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DivekitError(f"device {name!r} does not exist: {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DivekitError(f"device {name!r} asked for, but MPS is not available here; use cpu")
+    if device.type not in {"cpu", "cuda", "mps"}:
+        raise DivekitError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context for ``amp`` (``off``, ``bf16`` or ``fp16``) on ``device``."""
+    if amp not in AMP_CHOICES:
+        raise DivekitError(f"unknown amp mode {amp!r}; choose from: {', '.join(AMP_CHOICES)}")
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type == "cpu":
+        raise DivekitError("fp16 autocast needs a GPU; on CPU use --amp bf16 or off")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

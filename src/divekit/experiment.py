@@ -1,0 +1,80 @@
+"""A training run described by a plain dict: what ``train``, ``recipe run`` and ``--resume`` share.
+
+The dict is exactly what a run directory's ``config.json`` holds, so any run can be rebuilt
+from its folder: the model and data by registry name and options, the Trainer's settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from divekit.data import DataModule, load_data
+from divekit.engine import History, Trainer, load_checkpoint, seed_everything
+from divekit.errors import DivekitError
+from divekit.models import create_model
+
+RUN_KEYS = ("model", "model_options", "data", "data_options", "data_dir", "batch_size",
+            "val_size", "trainer")
+
+
+def default_run_dir(model: str, data: str) -> Path:
+    return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def build(config: dict[str, Any], data_dir: str | None = None) -> tuple[DataModule, nn.Module]:
+    """Load the data and create the (freshly initialised, seeded) model of a run config."""
+    seed = config["trainer"].get("seed", 0)
+    data = load_data(
+        config["data"], config["batch_size"], data_dir=data_dir or config.get("data_dir"),
+        val_size=config.get("val_size", 0), seed=seed, **config.get("data_options", {}),
+    )
+    seed_everything(seed)
+    model = create_model(config["model"], data, **config.get("model_options", {}))
+    return data, model
+
+
+def train(config: dict[str, Any], out_dir: Path, *, resume: bool = False,
+          data_dir: str | None = None, progress: bool = True) -> tuple[History, dict[str, float]]:
+    """Train the run ``config`` into ``out_dir``; returns the history and final test metrics."""
+    config = copy.deepcopy(config)
+    data, model = build(config, data_dir)
+    trainer = Trainer(**config["trainer"], out_dir=out_dir, progress=progress,
+                      config={key: config.get(key) for key in RUN_KEYS if key != "trainer"})
+    data.device = trainer.device
+    history = trainer.fit(model, data, resume=resume)
+    test = trainer.evaluate(model, data.test_dataloader(), prefix="test")
+    (out_dir / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
+    return history, test
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise DivekitError(f"{run_dir} is not a run directory: it has no config.json")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DivekitError(f"{path} is not valid JSON ({e})") from e
+    missing = [key for key in ("model", "data", "batch_size", "trainer") if key not in config]
+    if missing:
+        raise DivekitError(f"{path} lacks {', '.join(missing)}; it was not written by divekit")
+    return config
+
+
+def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = None,
+                 device: str = "auto") -> dict[str, float]:
+    """Test metrics of a finished or interrupted run's ``best`` or ``last`` checkpoint."""
+    config = read_config(run_dir)
+    config["trainer"]["device"] = device
+    data, model = build(config, data_dir)
+    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    model.load_state_dict(state["model"])
+    trainer = Trainer(**config["trainer"], progress=False)
+    data.device = trainer.device
+    return trainer.evaluate(model, data.test_dataloader(), prefix="test")

@@ -1,0 +1,53 @@
+"""LeNet-5 (LeCun et al., 1998) as the course teaches it (section 7.6), and with batch norm (8.5).
+
+The course's LeNet keeps the 1998 choices: sigmoid activations and average pooling, trained with
+plain SGD from Xavier-uniform initialisation.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from divekit.models.linear import init_xavier
+from divekit.models.registry import register_model
+
+
+def _flat_features(image_size: int, first_padding: int) -> int:
+    """Width of the flattened 16-channel map for a square input of ``image_size``."""
+    size = image_size + 2 * first_padding - 4  # 5x5 conv
+    size = (size // 2 - 4) // 2  # pool, 5x5 conv, pool
+    return 16 * size * size
+
+
+@register_model("lenet", family="lenet", section="7.6 Convolutional Neural Networks (LeNet)")
+def lenet(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    """LeNet-5: two 5x5 conv + sigmoid + 2x2 average-pool stages, then 120-84-classes dense."""
+    model = nn.Sequential(
+        nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(_flat_features(image_size, 2), 120), nn.Sigmoid(),
+        nn.Linear(120, 84), nn.Sigmoid(),
+        nn.Linear(84, num_classes),
+    )
+    model.apply(init_xavier)
+    return model
+
+
+@register_model("lenet-bn", family="lenet", section="8.5 Batch Normalization")
+def lenet_bn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    """LeNet with batch norm after every conv and hidden dense layer (the course's 8.5 layout)."""
+    model = nn.Sequential(
+        nn.Conv2d(in_channels, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(_flat_features(image_size, 0), 120), nn.BatchNorm1d(120), nn.Sigmoid(),
+        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
+        nn.Linear(84, num_classes),
+    )
+    model.apply(init_xavier)
+    return model

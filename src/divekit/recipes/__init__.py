@@ -1,0 +1,56 @@
+"""The course's experiments as named, runnable configurations (``divekit recipe run NAME``).
+
+A recipe is a run config (see :mod:`divekit.experiment`) plus what the book reports for the same
+experiment, so our result can be put next to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from divekit.registry import Registry
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named experiment.
+
+    Attributes:
+        name: registry name, e.g. ``"lenet-fashion-mnist"``.
+        section: the course section it reproduces.
+        description: one line.
+        config: run config: model, data, batch size, options and Trainer settings.
+        book: what the book reports for it (``""`` when the experiment is ours).
+        target: the result our test suite or benchmark holds it to.
+    """
+
+    name: str
+    section: str
+    description: str
+    config: dict[str, Any]
+    book: str = ""
+    target: str = ""
+
+    def run_config(self) -> dict[str, Any]:
+        """A deep copy of the config, safe to modify."""
+        return copy.deepcopy(self.config)
+
+
+RECIPES: Registry[Recipe] = Registry("recipe")
+
+
+def add_recipe(recipe: Recipe) -> Recipe:
+    return RECIPES.add(recipe.name, recipe)
+
+
+def list_recipes(pattern: str = "*") -> list[str]:
+    return RECIPES.names(pattern)
+
+
+def get_recipe(name: str) -> Recipe:
+    return RECIPES[name]
+
+
+from divekit.recipes import classic  # noqa: E402, F401  (registration)
