@@ -43,9 +43,10 @@ def train(config: dict[str, Any], out_dir: Path, *, resume: bool = False,
           data_dir: str | None = None, progress: bool = True) -> tuple[History, dict[str, float]]:
     """Train the run ``config`` into ``out_dir``; returns the history and final test metrics."""
     config = copy.deepcopy(config)
-    data, model = build(config, data_dir)
+    # The Trainer checks its settings (device, amp, ...) before any data is read.
     trainer = Trainer(**config["trainer"], out_dir=out_dir, progress=progress,
                       config={key: config.get(key) for key in RUN_KEYS if key != "trainer"})
+    data, model = build(config, data_dir)
     data.device = trainer.device
     history = trainer.fit(model, data, resume=resume)
     test = trainer.evaluate(model, data.test_dataloader(), prefix="test")
@@ -72,9 +73,9 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None =
     """Test metrics of a finished or interrupted run's ``best`` or ``last`` checkpoint."""
     config = read_config(run_dir)
     config["trainer"]["device"] = device
-    data, model = build(config, data_dir)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    model.load_state_dict(state["model"])
     trainer = Trainer(**config["trainer"], progress=False)
+    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    data, model = build(config, data_dir)
+    model.load_state_dict(state["model"])
     data.device = trainer.device
-    return trainer.evaluate(model, data.test_dataloader(), prefix="test")
+    return trainer.evaluate(model, data.test_dataloader(), prefix="test", task=data.task)

@@ -124,6 +124,7 @@ class Trainer:
         self.extra_config = dict(config or {})
         self.nan_check_every = nan_check_every
         self.history = History()
+        self.task = "classification"
         self.epoch = 0
         self.global_step = 0
         self.stop_reason: str | None = None
@@ -163,16 +164,22 @@ class Trainer:
             self._write_config(data)
         for callback in self.callbacks:
             callback.on_fit_start(self)
-        while self.epoch < self.max_epochs and self.stop_reason is None:
-            metrics = self._train_epoch()
-            metrics.update(self.evaluate(self.model, eval_loader, prefix=self.eval_split))
-            metrics["train_time"], metrics["examples_per_s"] = self._epoch_time, self._throughput
-            self.epoch += 1
-            metrics["epoch"] = self.epoch
-            self.history.append(dict(sorted(metrics.items(), key=_column_order)))
-            for callback in self.callbacks:
-                callback.on_epoch_end(self, metrics)
-            self._save(metrics)
+        try:
+            while self.epoch < self.max_epochs and self.stop_reason is None:
+                metrics = self._train_epoch()
+                metrics.update(self.evaluate(self.model, eval_loader, prefix=self.eval_split))
+                metrics["train_time"] = self._epoch_time
+                metrics["examples_per_s"] = self._throughput
+                self.epoch += 1
+                metrics["epoch"] = self.epoch
+                self.history.append(dict(sorted(metrics.items(), key=_column_order)))
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, metrics)
+                self._save(metrics)
+        finally:
+            # Drawn once, also when the run stops early or fails: a plot costs ~0.5 s.
+            if self.out_dir is not None and self.history:
+                plot_history(self.history, self.out_dir / "curves.png")
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.stop_reason:
@@ -185,9 +192,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, loader: Iterable, prefix: str = "test"
+        self, model: nn.Module, loader: Iterable, prefix: str = "test", task: str | None = None
     ) -> dict[str, float]:
-        """Loss (and accuracy for classifiers) over every example of ``loader``."""
+        """Loss (and accuracy for classifiers) over every example of ``loader``.
+
+        Args:
+            task: ``classification``, ``regression`` or ``language-model``; default: the task
+                of the data last passed to ``fit``, else classification.
+        """
+        self.task = task or self.task
         model = self._prepare(model)
         was_training = model.training
         model.eval()
@@ -343,7 +356,6 @@ class Trainer:
         if better:
             save_checkpoint(state, folder / "best.pt")
         self.history.write(self.out_dir)
-        plot_history(self.history, self.out_dir / "curves.png")
 
     def _restore(self, resume: bool | str | Path) -> None:
         if resume is True:

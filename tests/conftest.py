@@ -1,0 +1,51 @@
+"""Shared fixtures: small in-memory datasets and the real-data folder (``DIVEKIT_DATA``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from divekit.data import DataModule
+
+
+@pytest.fixture(autouse=True)
+def _no_network_and_fixed_threads(monkeypatch):
+    # Tests never reach the internet; the ones that test downloads serve files on 127.0.0.1.
+    monkeypatch.setenv("DIVEKIT_OFFLINE", "1")
+
+
+def real_data_dir(dataset: str) -> Path:
+    """The folder holding the original files of ``dataset``, or skip when it is not here."""
+    root = os.environ.get("DIVEKIT_DATA")
+    if not root or not (Path(root) / dataset).is_dir():
+        pytest.skip(f"real {dataset} files not available: set DIVEKIT_DATA (CI uses ../shared/data)")
+    return Path(root)
+
+
+def blobs(num_examples: int = 512, num_classes: int = 4, sample_seed: int = 0,
+          shape: tuple[int, ...] = (1, 8, 8)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Separable classes: each class is a fixed random pattern (the same for every call) plus
+    noise drawn with ``sample_seed``."""
+    centers = torch.randn(num_classes, *shape, generator=torch.Generator().manual_seed(1234))
+    generator = torch.Generator().manual_seed(sample_seed)
+    labels = torch.randint(0, num_classes, (num_examples,), generator=generator)
+    inputs = centers[labels] + 0.8 * torch.randn(num_examples, *shape, generator=generator)
+    return inputs, labels
+
+
+@pytest.fixture
+def blob_data() -> DataModule:
+    return DataModule("blobs", train=blobs(512, sample_seed=0), test=blobs(200, sample_seed=1),
+                      batch_size=32, class_names=["a", "b", "c", "d"])
+
+
+def small_cnn(num_classes: int = 4, dropout: float = 0.3) -> torch.nn.Module:
+    """A CNN with batch norm and dropout, so resume tests cover running stats and RNG."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Dropout(dropout), torch.nn.Linear(4 * 64, num_classes),
+    )

@@ -1,0 +1,223 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import divekit as dk
+from divekit.data import DataModule
+from divekit.engine import Callback, TrainingDiverged
+from tests.conftest import blobs, small_cnn
+
+
+def fit(data, model=None, **settings):
+    settings.setdefault("progress", False)
+    trainer = dk.Trainer(**settings)
+    history = trainer.fit(model if model is not None else small_cnn(), data)
+    return trainer, history
+
+
+def test_learns_separable_blobs_and_reports_example_weighted_metrics(blob_data):
+    trainer, history = fit(blob_data, max_epochs=4, lr=0.1, momentum=0.9)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history.last["test_acc"] > 0.95
+    assert history.column("train_loss")[-1] < history.column("train_loss")[0]
+
+    # The reported test metrics are exact over all 200 examples, though batches are uneven.
+    model = trainer.model.eval()
+    with torch.no_grad():
+        logits = model(blob_data.test[0])
+    expected_loss = F.cross_entropy(logits, blob_data.test[1]).item()
+    expected_acc = (logits.argmax(1) == blob_data.test[1]).float().mean().item()
+    loader = dk.TensorLoader(*blob_data.test, batch_size=64)  # 64, 64, 64, 8
+    metrics = trainer.evaluate(model, loader)
+    assert metrics["test_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["test_acc"] == pytest.approx(expected_acc)
+
+
+def test_validation_split_is_the_per_epoch_evaluation(blob_data):
+    blob_data.train, blob_data.val = blob_data.train, blobs(100, sample_seed=5)
+    _, history = fit(blob_data, max_epochs=1, lr=0.1)
+    assert "val_acc" in history.last and "test_acc" not in history.last
+
+
+def test_resume_equals_uninterrupted_run_bitwise(blob_data, tmp_path):
+    settings = dict(lr=0.05, momentum=0.9, schedule="cosine", warmup_epochs=0.5, seed=3)
+    full, full_history = fit(blob_data, max_epochs=4, out_dir=tmp_path / "full", **settings)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(blob_data, max_epochs=4, out_dir=tmp_path / "cut", **settings,
+            callbacks=[KillAtStartOf(epoch=3)])
+    resumed = dk.Trainer(max_epochs=4, out_dir=tmp_path / "cut", progress=False, **settings)
+    # A fresh model with other weights: everything must come from the checkpoint.
+    resumed_history = resumed.fit(small_cnn(), blob_data, resume=True)
+
+    for name, tensor in full.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    drop = ("train_time", "examples_per_s")
+    strip = [{k: v for k, v in row.items() if k not in drop} for row in resumed_history]
+    assert strip == [{k: v for k, v in row.items() if k not in drop} for row in full_history]
+    written = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert [row["test_loss"] for row in written] == full_history.column("test_loss")
+
+
+class KillAtStartOf(Callback):
+    """Interrupts the run as a kill would: after epoch ``epoch - 1`` was checkpointed."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer):
+        if trainer.epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def linear_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+
+
+def test_gradient_accumulation_equals_the_large_batch(blob_data):
+    # 512 examples: batches of 64, or 8 accumulated batches of 8 -> the same 8 updates per epoch.
+    big = DataModule("b", blob_data.train, blob_data.test, batch_size=64, class_names=list("abcd"))
+    small = DataModule("s", blob_data.train, blob_data.test, batch_size=8, class_names=list("abcd"))
+    large_batch, _ = fit(big, linear_model(), max_epochs=2, lr=0.5, momentum=0.9)
+    accumulated, _ = fit(small, linear_model(), max_epochs=2, lr=0.5, momentum=0.9, accumulate=8)
+    unaccumulated, _ = fit(small, linear_model(), max_epochs=2, lr=0.5, momentum=0.9)
+    for a, b, c in zip(large_batch.model.parameters(), accumulated.model.parameters(),
+                       unaccumulated.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_accumulation_weights_an_uneven_last_group_by_examples():
+    # 100 examples, batch 30, accumulate 4: one step over 30+30+30+10 must equal batch 100.
+    data_small = DataModule("s", blobs(100), blobs(10), batch_size=30, class_names=list("abcd"))
+    data_big = DataModule("b", blobs(100), blobs(10), batch_size=100, class_names=list("abcd"))
+    a, _ = fit(data_small, linear_model(), max_epochs=1, lr=1.0, accumulate=4)
+    b, _ = fit(data_big, linear_model(), max_epochs=1, lr=1.0)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_clipping_bounds_the_update(blob_data):
+    blob_data.batch_size = 512  # one step per epoch
+    model = linear_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    fit(blob_data, model, max_epochs=1, lr=1.0, grad_clip=0.01)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before,
+                                                                  strict=True)])
+    assert step.norm().item() == pytest.approx(0.01, rel=1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "constant", "step"])
+def test_schedules_step_once_per_optimizer_step(blob_data, schedule):
+    lrs = []
+
+    class RecordLR(Callback):
+        def on_step_end(self, trainer):
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    # 512 / 32 = 16 batches, accumulate 2 -> 8 steps per epoch, 24 in all.
+    fit(blob_data, linear_model(), max_epochs=3, lr=0.4, schedule=schedule, warmup_epochs=0.5,
+        accumulate=2, callbacks=[RecordLR()])
+    assert len(lrs) == 24
+    if schedule == "constant":
+        assert lrs[:4] == pytest.approx([0.2, 0.3, 0.4, 0.4])  # lr after steps 1..4 of warm-up
+    elif schedule == "cosine":
+        assert lrs[3] == pytest.approx(0.4)  # peak at the end of a 4-step warm-up
+        middle = 3 + 10  # half of the 20 cosine steps
+        assert lrs[middle] == pytest.approx(0.2, abs=1e-6) and lrs[-1] == pytest.approx(0.0)
+    elif schedule == "onecycle":
+        # lrs[k] is the rate the (k + 2)-th step uses: the 24th and last one anneals to ~0.
+        assert max(lrs) == pytest.approx(0.4, rel=1e-3) and lrs[-2] < 1e-5
+        assert lrs.index(max(lrs)) in (2, 3)
+    else:
+        assert lrs[-1] == pytest.approx(0.4 * 0.01)
+
+
+def test_early_stopping_stops_when_the_metric_stalls(blob_data):
+    # lr so small that test accuracy never changes: patience 2 -> 3 epochs instead of 20.
+    trainer, history = fit(blob_data, linear_model(), max_epochs=20, lr=1e-12, early_stopping=2)
+    assert len(history) == 3
+    assert "early stopping" in trainer.stop_reason
+
+
+def test_nan_guard_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    x, y = blobs(256)
+    data = DataModule("d", (x, y), (x, y), batch_size=32, class_names=list("abcd"))
+    bad_x = x.clone()
+    bad_x[200] = math.nan
+    good = dk.Trainer(max_epochs=1, lr=0.1, out_dir=tmp_path, progress=False)
+    good.fit(linear_model(), data)
+    saved = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+
+    poisoned = DataModule("d", (bad_x, y), (x, y), batch_size=32, class_names=list("abcd"))
+    trainer = dk.Trainer(max_epochs=3, lr=0.1, out_dir=tmp_path, progress=False)
+    with pytest.raises(TrainingDiverged, match="loss became nan.*learning rate.*last good"):
+        trainer.fit(linear_model(), poisoned, resume=True)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == saved
+
+
+def test_run_directory_contents(blob_data, tmp_path):
+    fit(blob_data, max_epochs=3, lr=0.1, out_dir=tmp_path, config={"model": "small-cnn"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"] == "small-cnn" and config["trainer"]["max_epochs"] == 3
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_acc,test_loss,test_acc,lr")
+    assert len(rows) == 4
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert last["epoch"] == 3 and {"model", "optimizer", "scheduler", "rng"} <= set(last)
+    accs = [row["test_acc"] for row in last["history"]]
+    assert best["epoch"] == accs.index(max(accs)) + 1
+
+
+def test_piped_progress_prints_one_line_per_epoch(blob_data, capsys):
+    fit(blob_data, max_epochs=3, lr=0.1, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 3
+    assert lines[0].startswith("epoch 1/3  train loss") and "test loss" in lines[0]
+    assert "ex/s" in lines[-1]
+
+
+def test_channels_last_and_bf16_run_and_agree(blob_data):
+    plain, _ = fit(blob_data, max_epochs=1, lr=0.1)
+    nhwc, _ = fit(blob_data, max_epochs=1, lr=0.1, channels_last=True)
+    for a, b in zip(plain.model.parameters(), nhwc.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _, history = fit(blob_data, max_epochs=2, lr=0.1, amp="bf16")
+    assert history.last["test_acc"] > 0.9
+
+
+def test_predict_returns_logits_for_every_input(blob_data):
+    trainer, _ = fit(blob_data, linear_model(), max_epochs=1, lr=0.1)
+    logits = trainer.predict(trainer.model, blob_data.test[0])
+    assert logits.shape == (200, 4)
+    from_loader = trainer.predict(trainer.model, blob_data.test_dataloader())
+    torch.testing.assert_close(logits, from_loader)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"max_epochs": 0}, "max_epochs must be a positive integer"),
+     ({"accumulate": 1.5}, "accumulate must be a positive integer"),
+     ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "tpu"}, "device"),
+     ({"device": "tpu"}, "unknown device 'tpu'"),
+     ({"amp": "fp8"}, "unknown amp mode 'fp8'; choose from: off, bf16, fp16"),
+     ({"grad_clip": -1}, "grad_clip must be positive")],
+)
+def test_bad_settings_are_named(settings, message):
+    with pytest.raises(dk.DivekitError, match=message):
+        dk.Trainer(**settings)
+
+
+def test_bad_optimizer_and_schedule_are_named(blob_data):
+    with pytest.raises(dk.DivekitError, match="unknown optimizer 'lion'; choose from: sgd"):
+        fit(blob_data, optimizer="lion")
+    with pytest.raises(dk.DivekitError, match="unknown schedule 'exp'"):
+        fit(blob_data, schedule="exp")
+    with pytest.raises(dk.DivekitError, match="learning rate must be positive"):
+        fit(blob_data, lr=0.0)

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+import divekit as dk
+from divekit.models import MODELS
+
+
+def conv(c_in, c_out, k):
+    return c_out * c_in * k * k + c_out
+
+
+def dense(n_in, n_out):
+    return n_in * n_out + n_out
+
+
+# Parameter counts from the published layouts, by formula (not by building the model).
+EXPECTED_PARAMETERS = {
+    "linear-regression": dense(2, 1),
+    "softmax-regression": dense(784, 10),
+    "mlp": dense(784, 256) + dense(256, 10),
+    "mlp-dropout": dense(784, 256) + dense(256, 256) + dense(256, 10),
+    "lenet": conv(1, 6, 5) + conv(6, 16, 5) + dense(400, 120) + dense(120, 84) + dense(84, 10),
+    # BN adds a scale and a shift per channel / feature; its input is 16 x 4 x 4 (no padding).
+    "lenet-bn": conv(1, 6, 5) + 12 + conv(6, 16, 5) + 32 + dense(256, 120) + 240
+    + dense(120, 84) + 168 + dense(84, 10),
+}
+
+
+def test_every_model_has_a_published_parameter_count():
+    assert set(EXPECTED_PARAMETERS) <= set(dk.list_models())
+    assert dk.count_parameters(dk.create_model("lenet")) == 61_706  # the course's printed count
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMETERS))
+def test_parameter_count(name):
+    assert dk.count_parameters(dk.create_model(name)) == EXPECTED_PARAMETERS[name]
+
+
+@pytest.mark.parametrize("name", dk.list_models())
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    info = dk.model_info(name)
+    torch.manual_seed(0)
+    model = dk.create_model(name)
+    x = torch.randn(3, *info.input_shape)
+    out = model(x)
+    if info.task == "classification":
+        assert out.shape == (3, 10)
+    else:
+        assert out.shape == (3, 1)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
+
+
+@pytest.mark.parametrize("name", [n for n in dk.list_models() if MODELS[n].input_shape == (1, 28, 28)])
+def test_image_models_adapt_to_channels_classes_and_size(name):
+    options = dk.model_info(name).options()
+    kwargs = {"num_classes": 7}
+    if "in_channels" in options:
+        kwargs |= {"in_channels": 3, "image_size": 32}
+        x = torch.randn(2, 3, 32, 32)
+    else:
+        kwargs |= {"num_inputs": 3 * 32 * 32}
+        x = torch.randn(2, 3, 32, 32)
+    assert dk.create_model(name, **kwargs)(x).shape == (2, 7)
+
+
+def test_train_and_eval_modes_differ_only_with_dropout_or_batch_norm():
+    x = torch.randn(4, 1, 28, 28)
+    for name in ("lenet", "mlp", "softmax-regression"):
+        model = dk.create_model(name)
+        torch.testing.assert_close(model.train()(x), model.eval()(x))
+    for name in ("lenet-bn", "mlp-dropout"):
+        model = dk.create_model(name)
+        assert not torch.allclose(model.train()(x), model.eval()(x))
+
+
+def test_create_model_takes_sizes_from_the_data():
+    data = dk.load_data("digits")
+    model = dk.create_model("mlp", data, hidden=(32, 16))
+    assert model(data.train[0][:2]).shape == (2, 10)
+
+
+def test_unknown_model_and_option_list_the_choices():
+    with pytest.raises(dk.DivekitError, match="unknown model 'resnet-9000'; choose from: lenet"):
+        dk.create_model("resnet-9000")
+    with pytest.raises(dk.DivekitError, match="has no option depth; its options are: num_classes"):
+        dk.create_model("lenet", depth=3)
+    assert dk.list_models("lenet*") == ["lenet", "lenet-bn"]

@@ -1,0 +1,147 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from divekit.cli import main
+
+FAST = ["--data", "digits", "--batch-size", "64", "--lr", "0.3", "--momentum", "0.9"]
+
+
+def cli(capsys, *args):
+    """Run the command in this process (fast); returns (exit status, stdout, stderr)."""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit:
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def divekit(*args, check=True, env=None, cwd=None):
+    """Run the command in a fresh process, as a user does."""
+    result = subprocess.run([sys.executable, "-m", "divekit", *map(str, args)],
+                            capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def one_line_error(status, stderr, *fragments):
+    assert status == 2
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def metric_rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k not in ("train_time", "examples_per_s")}
+                for row in csv.DictReader(f)]
+
+
+def test_help_for_every_command(capsys):
+    assert "train" in divekit("--help").stdout
+    for command in (["train"], ["eval"], ["list"], ["recipe"], ["recipe", "run"]):
+        status, out, _ = cli(capsys, *command, "--help")
+        assert status == 0 and "usage: divekit" in out
+    assert "--channels-last" in cli(capsys, "train", "--help")[1]
+
+
+def test_list(capsys):
+    models = cli(capsys, "list", "models")[1]
+    assert "lenet " in models and "61,706 params" in models
+    assert "fashion-mnist" in cli(capsys, "list", "datasets")[1]
+    assert "lenet-fashion-mnist" in cli(capsys, "list", "recipes")[1]
+    assert cli(capsys, "list", "models", "mlp*")[1].count("\n") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [(["train", "resnet-9000"], ["unknown model 'resnet-9000'", "choose from: lenet"]),
+     (["train", "lenet", "--data", "imagenet"], ["unknown dataset 'imagenet'", "digits"]),
+     (["train", "lenet", "--epochs", "-3"], ["--epochs", "-3"]),
+     (["train", "lenet", "--lr", "fast"], ["--lr", "fast"]),
+     (["train", "lenet", "--amp", "fp8"], ["fp8", "'off', 'bf16', 'fp16'"]),
+     (["train", "lenet", "--device", "tpu"], ["unknown device 'tpu'"]),
+     (["train"], ["name a model"]),
+     (["recipe", "run", "nope"], ["unknown recipe 'nope'", "lenet-fashion-mnist"]),
+     (["list", "things"], ["things", "models"]),
+     (["eval", "/nonexistent/run"], ["not a run directory"])],
+)
+def test_bad_input_is_one_line_without_traceback(capsys, args, fragments):
+    status, _, err = cli(capsys, *args)
+    one_line_error(status, err, *fragments)
+
+
+def test_missing_dataset_offline_names_files_folder_and_remedy(tmp_path):
+    env = os.environ | {"DIVEKIT_OFFLINE": "1"}
+    started = time.monotonic()
+    result = divekit("train", "lenet", "--data", "fashion-mnist", "--data-dir", tmp_path,
+                     check=False, env=env)
+    one_line_error(result.returncode, result.stderr, "train-images-idx3-ubyte.gz", str(tmp_path / "fashion-mnist"),
+                   "DIVEKIT_DATA")
+    assert time.monotonic() - started < 30
+
+
+def test_train_writes_a_run_directory_and_eval_reproduces_it(tmp_path):
+    run = tmp_path / "run"
+    result = divekit("train", "lenet-bn", *FAST, "--epochs", "3", "--out", run, "--seed", "1")
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("test acc ")
+    assert len([line for line in result.stdout.splitlines() if line.startswith("epoch")]) == 3
+    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.csv", "metrics.json",
+                                               "curves.png", "checkpoints", "test_metrics.json"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "lenet-bn" and config["trainer"]["lr"] == 0.3
+    assert config["trainer"]["seed"] == 1
+    assert divekit("eval", run, "--checkpoint", "last").stdout.strip() == last
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert float(last.split()[2]) == pytest.approx(test["test_acc"], abs=1e-4)
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
+    args = ["train", "lenet-bn", *FAST, "--epochs", "8", "--schedule", "cosine", "--seed", "2"]
+    divekit(*args, "--out", tmp_path / "full")
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "divekit", *args, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (killed / "metrics.csv").exists() and len(metric_rows(killed)) >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert process.wait() == -signal.SIGKILL
+    assert len(metric_rows(killed)) < 8
+
+    result = divekit("train", "--resume", killed)
+    assert result.stdout.strip().splitlines()[-1] == (
+        divekit("eval", tmp_path / "full", "--checkpoint", "last").stdout.strip())
+    assert metric_rows(killed) == metric_rows(tmp_path / "full")
+
+
+def test_recipe_show_and_run_with_overrides(tmp_path, capsys):
+    shown = cli(capsys, "recipe", "show", "lenet-fashion-mnist")[1]
+    assert "0.779" in shown and "lr': 0.9" in shown
+    run = tmp_path / "r"
+    status, out, _ = cli(capsys, "recipe", "run", "digits-lenet", "--epochs", "2", "--out", run,
+                         "--quiet")
+    assert status == 0 and out.strip().splitlines()[-1].startswith("test acc")
+    assert json.loads((run / "config.json").read_text())["trainer"]["max_epochs"] == 2
+
+
+def test_installed_console_script_matches_module():
+    script = os.path.join(os.path.dirname(sys.executable), "divekit")
+    if not os.path.exists(script):
+        pytest.skip("divekit is not installed as a console script in this environment")
+    result = subprocess.run([script, "list", "recipes"], capture_output=True, text=True)
+    assert result.stdout == divekit("list", "recipes").stdout
