@@ -21,7 +21,7 @@ def real_data_dir(dataset: str) -> Path:
     """The folder holding the original files of ``dataset``, or skip when it is not here."""
     root = os.environ.get("DIVEKIT_DATA")
     if not root or not (Path(root) / dataset).is_dir():
-        pytest.skip(f"real {dataset} files not available: set DIVEKIT_DATA (CI uses ../shared/data)")
+        pytest.skip(f"no real {dataset} files: set DIVEKIT_DATA (CI uses ../shared/data)")
     return Path(root)
 
 

@@ -86,8 +86,8 @@ def test_missing_dataset_offline_names_files_folder_and_remedy(tmp_path):
     started = time.monotonic()
     result = divekit("train", "lenet", "--data", "fashion-mnist", "--data-dir", tmp_path,
                      check=False, env=env)
-    one_line_error(result.returncode, result.stderr, "train-images-idx3-ubyte.gz", str(tmp_path / "fashion-mnist"),
-                   "DIVEKIT_DATA")
+    one_line_error(result.returncode, result.stderr, "train-images-idx3-ubyte.gz",
+                   str(tmp_path / "fashion-mnist"), "DIVEKIT_DATA")
     assert time.monotonic() - started < 30
 
 

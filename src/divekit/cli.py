@@ -15,14 +15,12 @@ from divekit.models import MODELS, count_parameters
 from divekit.optim import OPTIMIZERS, SCHEDULES
 from divekit.recipes import RECIPES
 
-# `train` flags that set a Trainer argument of another name (the rest keep their own name).
-TRAINER_FLAGS = {
-    "epochs": "max_epochs", "lr": "lr", "optimizer": "optimizer", "momentum": "momentum",
-    "weight_decay": "weight_decay", "schedule": "schedule", "warmup_epochs": "warmup_epochs",
-    "grad_clip": "grad_clip", "accumulate": "accumulate", "label_smoothing": "label_smoothing",
-    "early_stopping": "early_stopping", "seed": "seed", "device": "device", "amp": "amp",
-    "channels_last": "channels_last", "compile": "compile",
-}
+# `train` flags that are Trainer arguments of the same name (and --epochs sets max_epochs).
+TRAINER_FLAGS = (
+    "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
+    "grad_clip", "accumulate", "label_smoothing", "early_stopping", "seed", "device", "amp",
+    "channels_last", "compile",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +61,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=_positive_int, help="examples per batch")
     add("--optimizer", choices=OPTIMIZERS, metavar="NAME", help=f"one of {', '.join(OPTIMIZERS)}")
     add("--momentum", type=float)
+    add("--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)")
     add("--weight-decay", type=float)
     add("--schedule", choices=SCHEDULES, metavar="NAME", help=f"one of {', '.join(SCHEDULES)}")
     add("--warmup-epochs", type=float, help="linear warm-up length in epochs")
@@ -170,10 +169,11 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         config["batch_size"] = args.batch_size
     if args.val_size is not None:
         config["val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
-    for flag, key in TRAINER_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            config["trainer"][key] = value
+    if args.epochs is not None:
+        config["trainer"]["max_epochs"] = args.epochs
+    for flag in TRAINER_FLAGS:
+        if getattr(args, flag) is not None:
+            config["trainer"][flag] = getattr(args, flag)
     return config
 
 

@@ -23,6 +23,8 @@ EXPECTED_PARAMETERS = {
     # BN adds a scale and a shift per channel / feature; its input is 16 x 4 x 4 (no padding).
     "lenet-bn": conv(1, 6, 5) + 12 + conv(6, 16, 5) + 32 + dense(256, 120) + 240
     + dense(120, 84) + 168 + dense(84, 10),
+    # Bias-free convs (batch norm follows), 28 -> 14 -> 7 -> 3 pixels.
+    "small-cnn": 16 * 9 + 32 + 32 * 16 * 9 + 64 + 64 * 32 * 9 + 128 + dense(64 * 3 * 3, 10),
 }
 
 
@@ -53,7 +55,10 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
 
 
-@pytest.mark.parametrize("name", [n for n in dk.list_models() if MODELS[n].input_shape == (1, 28, 28)])
+IMAGE_MODELS = [name for name in dk.list_models() if MODELS[name].input_shape == (1, 28, 28)]
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_image_models_adapt_to_channels_classes_and_size(name):
     options = dk.model_info(name).options()
     kwargs = {"num_classes": 7}
@@ -71,7 +76,7 @@ def test_train_and_eval_modes_differ_only_with_dropout_or_batch_norm():
     for name in ("lenet", "mlp", "softmax-regression"):
         model = dk.create_model(name)
         torch.testing.assert_close(model.train()(x), model.eval()(x))
-    for name in ("lenet-bn", "mlp-dropout"):
+    for name in ("lenet-bn", "mlp-dropout", "small-cnn"):
         model = dk.create_model(name)
         assert not torch.allclose(model.train()(x), model.eval()(x))
 

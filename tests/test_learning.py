@@ -1,0 +1,44 @@
+"""Learning tests: each recipe reaches its stated result on real (or embedded) data."""
+
+import pytest
+import torch
+
+from divekit import experiment
+from divekit.data.synthetic import TRUE_B, TRUE_W
+from divekit.recipes import get_recipe
+from tests.conftest import real_data_dir
+
+
+def run_recipe(name, tmp_path, **trainer_overrides):
+    config = get_recipe(name).run_config()
+    config["trainer"].update(trainer_overrides)
+    if config["data"] in ("fashion-mnist", "mnist"):
+        config["data_dir"] = str(real_data_dir(config["data"]))
+    return experiment.train(config, tmp_path, progress=False)
+
+
+def test_embedded_demo_reaches_95_percent(tmp_path):
+    _, test = run_recipe("digits-lenet", tmp_path)
+    assert test["test_acc"] >= 0.95
+
+
+def test_linear_regression_recovers_the_true_parameters(tmp_path):
+    run_recipe("linear-regression-synthetic", tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert (state["weight"].flatten() - torch.tensor(TRUE_W)).norm() < 0.01
+    assert abs(state["bias"].item() - TRUE_B) < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("recipe", "target"),
+    [("softmax-fashion-mnist", 0.82),
+     ("mlp-fashion-mnist", 0.82),
+     ("mlp-dropout-fashion-mnist", 0.83),
+     ("lenet-fashion-mnist", 0.76),
+     ("lenet-bn-fashion-mnist", 0.80),
+     ("fashion-mnist-fast", 0.91)],
+)
+def test_fashion_mnist_recipe_reaches_its_target(recipe, target, tmp_path):
+    history, test = run_recipe(recipe, tmp_path)
+    assert test["test_acc"] >= target, history
