@@ -221,3 +221,16 @@ def test_bad_optimizer_and_schedule_are_named(blob_data):
         fit(blob_data, schedule="exp")
     with pytest.raises(dk.DivekitError, match="learning rate must be positive"):
         fit(blob_data, lr=0.0)
+
+
+def test_live_progress_bar_on_a_terminal(blob_data):
+    import io
+
+    from divekit.engine import ProgressReporter
+
+    stream = io.StringIO()
+    fit(blob_data, max_epochs=2, lr=0.1, progress=False,
+        callbacks=[ProgressReporter(stream=stream, live=True, refresh_seconds=0)])
+    text = stream.getvalue()
+    assert "epoch 1/2" in text and "16/16" in text and "loss=" in text  # the bar and its postfix
+    assert text.count("epoch 2/2  train loss") == 1  # the per-epoch summary line
