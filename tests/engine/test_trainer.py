@@ -234,3 +234,8 @@ def test_live_progress_bar_on_a_terminal(blob_data):
     text = stream.getvalue()
     assert "epoch 1/2" in text and "16/16" in text and "loss=" in text  # the bar and its postfix
     assert text.count("epoch 2/2  train loss") == 1  # the per-epoch summary line
+
+
+def test_unknown_monitor_lists_the_metrics(blob_data):
+    with pytest.raises(dk.DivekitError, match="monitor 'val_f1' is not a metric.*test_acc"):
+        fit(blob_data, linear_model(), max_epochs=1, monitor="val_f1")

@@ -206,7 +206,8 @@ class Trainer:
         model.eval()
         sums = _Sums(self.device)
         for batch in loader:
-            loss, outputs, targets = self._loss(model, batch)
+            with autocast(self.device, self.amp):
+                loss, outputs, targets = self._loss(model, batch)
             sums.add(loss, outputs, targets, self.task)
         model.train(was_training)
         return sums.metrics(prefix, self.task)
@@ -330,6 +331,9 @@ class Trainer:
         (self.out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     def _save(self, metrics: dict[str, float]) -> None:
+        if self.monitor not in metrics:
+            raise DivekitError(f"monitor {self.monitor!r} is not a metric of this run; "
+                               f"choose from: {', '.join(sorted(metrics))}")
         value, best = metrics[self.monitor], self.best["value"]
         better = best is None or (value > best if self.monitor.endswith("acc") else value < best)
         if better:
