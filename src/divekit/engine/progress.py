@@ -42,7 +42,7 @@ class ProgressReporter(Callback):
 
             self.bar = tqdm(total=trainer.steps_per_epoch, file=self.stream, leave=False,
                             desc=f"epoch {trainer.epoch + 1}/{trainer.max_epochs}",
-                            dynamic_ncols=True, unit="step")
+                            dynamic_ncols=True, unit="step", mininterval=self.refresh_seconds)
             self.last_refresh = time.perf_counter()
 
     def on_step_end(self, trainer) -> None:
