@@ -13,9 +13,13 @@ stamp="$(cat constraints.txt pyproject.toml | sha1sum | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.divekit-stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "setting up $venv (pinned versions from constraints.txt) ..." >&2
     "$python" -m venv "$venv"
-    # torch first, by exact version: that picks the CPU build where one is offered locally
-    "$venv/bin/pip" install -q -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)"
-    "$venv/bin/pip" install -q -c constraints.txt -e ".[test]"
+    # torch named by exact version: that picks the CPU build where one is offered locally.
+    # pip compiles bytecode on one core; compileall afterwards uses all of them.
+    "$venv/bin/pip" install -q --no-compile -c constraints.txt \
+        "torch==$(sed -n 's/^torch==//p' constraints.txt)" -e ".[test]"
+    "$venv/bin/python" -m compileall -q -j 0 \
+        "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+        > /dev/null || true
     echo "$stamp" > "$venv/.divekit-stamp"
 fi
 
