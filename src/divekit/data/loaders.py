@@ -21,7 +21,8 @@ class TensorLoader:
     epoch sees exactly the batches an uninterrupted run would (see ``set_epoch``).
 
     Args:
-        tensors: tensors sharing their first dimension (e.g. images ``(N, C, H, W)``, labels ``(N,)``).
+        tensors: tensors sharing their first dimension, e.g. images ``(N, C, H, W)`` and
+            labels ``(N,)``.
         batch_size: examples per batch.
         shuffle: draw a new permutation every epoch.
         drop_last: skip the final incomplete batch.
@@ -54,10 +55,27 @@ class TensorLoader:
         self.seed = seed
         self.transform = transform
         self.epoch = 0
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> TensorLoader:
+        """Iterate only this process's share: every ``world_size``-th example from ``rank``.
+
+        The shards of one epoch are disjoint and together form each global batch of
+        ``batch_size * world_size`` examples. Shuffled (training) shards are cut to one
+        length so that every process takes the same number of steps.
+        """
+        self.rank, self.world_size = rank, world_size
+        return self
 
     @property
     def num_examples(self) -> int:
-        return len(self.tensors[0])
+        """Examples this process iterates per epoch."""
+        total = len(self.tensors[0])
+        if self.world_size == 1:
+            return total
+        if self.shuffle:
+            return total // self.world_size
+        return len(range(self.rank, total, self.world_size))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` (like ``DistributedSampler.set_epoch``)."""
@@ -68,11 +86,15 @@ class TensorLoader:
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n = self.num_examples
+        total = len(self.tensors[0])
         order = None
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=generator).to(self.tensors[0].device)
+            order = torch.randperm(total, generator=generator).to(self.tensors[0].device)
+        if self.world_size > 1:
+            if order is None:
+                order = torch.arange(total, device=self.tensors[0].device)
+            order = order[self.rank :: self.world_size][: self.num_examples]
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             if order is None:
                 batch = tuple(t[start : start + self.batch_size] for t in self.tensors)

@@ -69,7 +69,8 @@ class DataModule:
         sizes = f"train={len(self.train[0])}, test={len(self.test[0])}"
         if self.val is not None:
             sizes += f", val={len(self.val[0])}"
-        return f"DataModule({self.name!r}, {sizes}, input_shape={self.input_shape}, task={self.task})"
+        return (f"DataModule({self.name!r}, {sizes}, input_shape={self.input_shape}, "
+                f"task={self.task})")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ def read_idx(path: Path) -> torch.Tensor:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is not a readable idx file ({e}); delete it and fetch it again") from e
+        raise DataError(
+            f"{path} is not a readable idx file ({e}); delete it and fetch it again"
+        ) from e
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES:
         raise DataError(f"{path} does not start with an idx magic number; it is not an idx file")
     ndim = raw[3]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from divekit.engine import distributed
 from divekit.engine.callbacks import Callback, EarlyStopping
 from divekit.engine.checkpoint import (
     load_checkpoint,
@@ -111,7 +112,8 @@ class Trainer:
         self.grad_clip, self.accumulate = grad_clip, accumulate
         self.label_smoothing = label_smoothing
         self.loss_fn, self.monitor = loss_fn, monitor
-        self.device = select_device(device)
+        self.device = distributed.join(select_device(device))
+        self.rank, self.world_size = distributed.world()
         autocast(self.device, amp)  # validates amp for this device now, not mid-run
         self.amp, self.channels_last, self.compile = amp, channels_last, compile
         self.seed = seed
@@ -119,7 +121,7 @@ class Trainer:
         self.callbacks: list[Callback] = list(callbacks)
         if early_stopping:
             self.callbacks.append(EarlyStopping(patience=early_stopping))
-        if progress:
+        if progress and self.rank == 0:
             self.callbacks.append(ProgressReporter())
         self.extra_config = dict(config or {})
         self.nan_check_every = nan_check_every
@@ -139,8 +141,12 @@ class Trainer:
         """
         self.task = getattr(data, "task", "classification")
         self.model = self._prepare(model)
-        self.forward = torch.compile(self.model) if self.compile else self.model
-        self.train_loader = data.train_dataloader()
+        self.forward = self.model
+        if self.world_size > 1:
+            self.forward = nn.parallel.DistributedDataParallel(self.model)
+        if self.compile:
+            self.forward = torch.compile(self.forward)
+        self.train_loader = self._shard(data.train_dataloader())
         eval_loader = data.val_dataloader()
         self.eval_split = "val" if eval_loader is not None else "test"
         if eval_loader is None:
@@ -160,7 +166,7 @@ class Trainer:
         if resume:
             self._restore(resume)
         else:
-            seed_everything(self.seed)
+            seed_everything(self.seed + self.rank)  # other dropout masks on every replica
             self._write_config(data)
         for callback in self.callbacks:
             callback.on_fit_start(self)
@@ -178,7 +184,7 @@ class Trainer:
                 self._save(metrics)
         finally:
             # Drawn once, also when the run stops early or fails: a plot costs ~0.5 s.
-            if self.out_dir is not None and self.history:
+            if self.out_dir is not None and self.history and self.rank == 0:
                 plot_history(self.history, self.out_dir / "curves.png")
         for callback in self.callbacks:
             callback.on_fit_end(self)
@@ -205,7 +211,7 @@ class Trainer:
         was_training = model.training
         model.eval()
         sums = _Sums(self.device)
-        for batch in loader:
+        for batch in self._shard(loader):
             with autocast(self.device, self.amp):
                 loss, outputs, targets = self._loss(model, batch)
             sums.add(loss, outputs, targets, self.task)
@@ -228,8 +234,8 @@ class Trainer:
         return torch.cat(outputs)
 
     def running_loss(self) -> float:
-        """Mean training loss of the current epoch so far (synchronises the device)."""
-        return self._sums.mean_loss()
+        """This process's mean training loss of the epoch so far (synchronises the device)."""
+        return self._sums.loss.item() / max(self._sums.count, 1)
 
     # ----------------------------------------------------------------- the loop
     def _train_epoch(self) -> dict[str, float]:
@@ -260,7 +266,7 @@ class Trainer:
                 callback.on_step_end(self)
         self._check_finite()
         self._epoch_time = time.perf_counter() - start
-        self._throughput = self._sums.count / max(self._epoch_time, 1e-9)
+        self._throughput = self._sums.count * self.world_size / max(self._epoch_time, 1e-9)
         metrics = self._sums.metrics("train", self.task)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
@@ -284,6 +290,15 @@ class Trainer:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _shard(self, loader):
+        """This process's share of ``loader`` under ``torchrun``; the loader itself otherwise."""
+        if self.world_size > 1:
+            if not hasattr(loader, "shard"):
+                raise DivekitError("distributed training needs loaders with a shard(rank, "
+                                   "world_size) method, such as divekit's TensorLoader")
+            loader = loader.shard(self.rank, self.world_size)
+        return loader
 
     def _check_finite(self) -> None:
         if not self._sums.finite():
@@ -323,7 +338,7 @@ class Trainer:
         return {**self.extra_config, "trainer": settings}
 
     def _write_config(self, data) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or self.rank != 0:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         config = self.config()
@@ -340,13 +355,17 @@ class Trainer:
             self.best = {"value": value, "epoch": self.epoch}
         if self.out_dir is None:
             return
+        rng = distributed.gather(rng_state())  # every replica's generators, for exact resume
+        if self.rank != 0:
+            distributed.barrier()
+            return
         state = {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "history": list(self.history),
@@ -360,6 +379,7 @@ class Trainer:
         if better:
             save_checkpoint(state, folder / "best.pt")
         self.history.write(self.out_dir)
+        distributed.barrier()
 
     def _restore(self, resume: bool | str | Path) -> None:
         if resume is True:
@@ -375,7 +395,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"][self.rank])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.history = History(state["history"])
         self.best, self.stop_reason = state["best"], state["stop_reason"]
@@ -398,17 +418,23 @@ class _Sums:
             self.correct += (outputs.argmax(-1) == targets).sum()
         self.count += count
 
-    def finite(self) -> bool:
-        return bool(torch.isfinite(self.loss))
+    def totals(self) -> tuple[float, float, float]:
+        """Loss sum, correct count and example count over all processes."""
+        values = torch.stack([self.loss, self.correct.double(),
+                              torch.tensor(float(self.count), device=self.loss.device,
+                                           dtype=torch.float64)])
+        loss, correct, count = distributed.all_reduce_sum(values).tolist()
+        return loss, correct, max(count, 1)
 
-    def mean_loss(self) -> float:
-        return self.loss.item() / max(self.count, 1)
+    def finite(self) -> bool:
+        return math.isfinite(self.totals()[0])
 
     def metrics(self, prefix: str, task: str) -> dict[str, float]:
-        loss = self.mean_loss()
+        loss_sum, correct, count = self.totals()
+        loss = loss_sum / count
         metrics = {f"{prefix}_loss": loss}
         if task == "classification":
-            metrics[f"{prefix}_acc"] = self.correct.item() / max(self.count, 1)
+            metrics[f"{prefix}_acc"] = correct / count
         elif task == "language-model":
             metrics[f"{prefix}_ppl"] = math.exp(min(loss, 50.0))
         return metrics
