@@ -9,6 +9,7 @@ from typing import Any
 
 from divekit import experiment
 from divekit.data import DATASETS
+from divekit.engine import distributed
 from divekit.engine.device import AMP_CHOICES
 from divekit.errors import DivekitError
 from divekit.models import MODELS, count_parameters
@@ -179,9 +180,12 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 
 def _train(config: dict[str, Any], args: argparse.Namespace, resume: bool = False) -> int:
     out = args.out or experiment.default_run_dir(config["model"], config["data"])
-    print(f"run directory: {out}", flush=True)
+    main_process = distributed.world()[0] == 0  # under torchrun only rank 0 prints
+    if main_process:
+        print(f"run directory: {out}", flush=True)
     _, test = experiment.train(config, Path(out), resume=resume, progress=not args.quiet)
-    print(_final_line(test), flush=True)
+    if main_process:
+        print(_final_line(test), flush=True)
     return 0
 
 

@@ -50,7 +50,8 @@ def train(config: dict[str, Any], out_dir: Path, *, resume: bool = False,
     data.device = trainer.device
     history = trainer.fit(model, data, resume=resume)
     test = trainer.evaluate(model, data.test_dataloader(), prefix="test")
-    (out_dir / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
+    if trainer.rank == 0:
+        (out_dir / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
     return history, test
 
 
