@@ -1,8 +1,8 @@
 """The training engine: ``Trainer(...).fit(model, data)`` with exact resume.
 
 One loop serves every model of the course. Classifiers return logits (cross-entropy, accuracy);
-regression models return predictions (squared loss); language models return ``(logits, loss)``
-when given targets. Metrics are sums over examples divided by the example count, never a mean
+regression models return predictions (squared loss); models with ``returns_loss = True``
+(language models, the from-scratch models) return ``(logits, loss)`` when given targets. Metrics are sums over examples divided by the example count, never a mean
 of per-batch means, and stay on the device until the end of the epoch.
 """
 
@@ -273,7 +273,7 @@ class Trainer:
 
     def _loss(self, model, batch) -> tuple[torch.Tensor, Any, torch.Tensor]:
         inputs, targets = self._to_device(batch[0]), batch[-1].to(self.device, non_blocking=True)
-        if self.loss_fn is None and self.task == "language-model":
+        if self.loss_fn is None and _returns_loss(model):
             outputs, loss = model(inputs, targets)
             return loss, outputs, targets
         outputs = model(inputs)
@@ -438,6 +438,11 @@ class _Sums:
         elif task == "language-model":
             metrics[f"{prefix}_ppl"] = math.exp(min(loss, 50.0))
         return metrics
+
+
+def _returns_loss(model: nn.Module) -> bool:
+    """Whether ``model(x, targets)`` returns ``(outputs, loss)``; looks through a DDP wrapper."""
+    return getattr(getattr(model, "module", model), "returns_loss", False)
 
 
 def _groups(batches: Iterator, size: int) -> Iterator[list]:
