@@ -85,7 +85,7 @@ def test_digits_embedded_default():
     data = load_data("digits", batch_size=64)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
     assert len(data.train[0]) + len(data.test[0]) == 1797
-    assert 0.0 <= data.train[0].min() and data.train[0].max() <= 1.0
+    assert data.train[0].min() >= 0.0 and data.train[0].max() <= 1.0
     assert set(data.test[1].tolist()) == set(range(10))
     normalized = load_data("digits", normalize=True)
     assert abs(normalized.train[0].mean().item()) < 1e-4

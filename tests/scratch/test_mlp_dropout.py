@@ -64,7 +64,7 @@ def test_mlp_matches_nn_sequential(hiddens, rates, batch):
 def test_mlp_parameters_and_initialisation():
     torch.manual_seed(0)
     model = MLPScratch(784, (256, 64), 10)
-    params = model.parameters()
+    params = list(model.parameters())
     shapes = [(784, 256), (256,), (256, 64), (64,), (64, 10), (10,)]
     assert [tuple(p.shape) for p in params] == shapes
     assert all(p.is_leaf and p.requires_grad and p.dtype == torch.float32 for p in params)

@@ -2,8 +2,9 @@
 
 One loop serves every model of the course. Classifiers return logits (cross-entropy, accuracy);
 regression models return predictions (squared loss); models with ``returns_loss = True``
-(language models, the from-scratch models) return ``(logits, loss)`` when given targets. Metrics are sums over examples divided by the example count, never a mean
-of per-batch means, and stay on the device until the end of the epoch.
+(language models, the from-scratch models) return ``(logits, loss)`` when given targets.
+Metrics are sums over examples divided by the example count, never a mean of per-batch means,
+and stay on the device until the end of the epoch.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from divekit.errors import DivekitError
 from divekit.scratch.activations import relu
@@ -14,7 +15,7 @@ def l2_penalty(w: torch.Tensor) -> torch.Tensor:
     return (w**2).sum() / 2
 
 
-class MLPScratch:
+class MLPScratch(nn.Module):
     """An MLP on explicit weight matrices: ``H = dropout(relu(H W + b))`` per hidden layer,
     then a linear output layer producing logits.
 
@@ -28,9 +29,12 @@ class MLPScratch:
         dtype: dtype of the parameters.
 
     Attributes:
-        weights: one ``(fan_in, fan_out)`` matrix per layer.
-        biases: one ``(fan_out,)`` vector per layer.
-        training: whether dropout is active (see ``train`` / ``eval``).
+        weights: one ``(fan_in, fan_out)`` matrix per layer (parameters ``W1``, ``W2``, ...).
+        biases: one ``(fan_out,)`` vector per layer (``b1``, ``b2``, ...).
+        training: whether dropout is active (``train()`` / ``eval()``, as for any module).
+
+    An ``nn.Module`` only to hold the matrices as parameters, so optimizers, ``state_dict``
+    and the Trainer work with it; the forward pass is written out by hand.
     """
 
     def __init__(
@@ -51,28 +55,23 @@ class MLPScratch:
         widths = (num_inputs, *hiddens, num_outputs)
         if not all(isinstance(n, int) and n > 0 for n in widths):
             raise DivekitError(f"layer widths must be positive integers, got {widths}")
-        self.weights = [
-            (sigma * torch.randn(fan_in, fan_out, dtype=dtype)).requires_grad_()
-            for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True)
-        ]
-        self.biases = [torch.zeros(n, dtype=dtype, requires_grad=True) for n in widths[1:]]
+        super().__init__()
+        # Registered layer by layer (W1, b1, W2, b2, ...), the order nn.Sequential uses.
+        for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True), 1):
+            self.register_parameter(
+                f"W{layer}", nn.Parameter(sigma * torch.randn(fan_in, fan_out, dtype=dtype)))
+            self.register_parameter(f"b{layer}", nn.Parameter(torch.zeros(fan_out, dtype=dtype)))
         self.dropout = rates
-        self.training = True
 
-    def train(self, mode: bool = True) -> MLPScratch:
-        """Switch dropout on (``mode=True``) or off; returns ``self``."""
-        self.training = mode
-        return self
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        return [p for name, p in self.named_parameters() if name.startswith("W")]
 
-    def eval(self) -> MLPScratch:
-        """Switch dropout off for evaluation; returns ``self``."""
-        return self.train(False)
+    @property
+    def biases(self) -> list[torch.Tensor]:
+        return [p for name, p in self.named_parameters() if name.startswith("b")]
 
-    def parameters(self) -> list[torch.Tensor]:
-        """The trainable tensors, layer by layer: ``[W1, b1, W2, b2, ...]``."""
-        return [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
-
-    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Logits of a batch.
 
         Shape:

@@ -4,6 +4,7 @@ log-sum-exp, and a one-layer classifier."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from divekit.errors import DivekitError
 from divekit.scratch.losses import reduce_loss
@@ -93,8 +94,11 @@ def cross_entropy(
     return reduce_loss(logsumexp(logits, dim=1) - picked, reduction)
 
 
-class SoftmaxRegression:
+class SoftmaxRegression(nn.Module):
     """Softmax regression ``o = x W + b`` on flattened inputs (softmax lives in the loss).
+
+    An ``nn.Module`` only to hold its two tensors as parameters (so optimizers, ``state_dict``
+    and the Trainer work with it); the computation is the one matrix product below.
 
     Args:
         num_inputs: features per example after flattening (784 for 28x28 images).
@@ -107,10 +111,11 @@ class SoftmaxRegression:
     """
 
     def __init__(self, num_inputs: int, num_classes: int, dtype: torch.dtype = torch.float32):
-        self.W = (0.01 * torch.randn(num_inputs, num_classes, dtype=dtype)).requires_grad_()
-        self.b = torch.zeros(num_classes, dtype=dtype, requires_grad=True)
+        super().__init__()
+        self.W = nn.Parameter(0.01 * torch.randn(num_inputs, num_classes, dtype=dtype))
+        self.b = nn.Parameter(torch.zeros(num_classes, dtype=dtype))
 
-    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Class logits of a batch.
 
         Shape:
@@ -123,7 +128,3 @@ class SoftmaxRegression:
                 f"(input shape {tuple(X.shape)})"
             )
         return flat @ self.W + self.b
-
-    def parameters(self) -> list[torch.Tensor]:
-        """The trainable tensors ``[W, b]``."""
-        return [self.W, self.b]
