@@ -37,7 +37,11 @@ def test_linear_regression_recovers_the_true_parameters(tmp_path):
      ("mlp-dropout-fashion-mnist", 0.83),
      ("lenet-fashion-mnist", 0.76),
      ("lenet-bn-fashion-mnist", 0.80),
-     ("fashion-mnist-fast", 0.91)],
+     ("fashion-mnist-fast", 0.91),
+     ("softmax-scratch-fashion-mnist", 0.82),
+     ("mlp-scratch-fashion-mnist", 0.83),
+     ("mlp-dropout-scratch-fashion-mnist", 0.84),
+     ("lenet-bn-scratch-fashion-mnist", 0.85)],
 )
 def test_fashion_mnist_recipe_reaches_its_target(recipe, target, tmp_path):
     history, test = run_recipe(recipe, tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -139,10 +140,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "recipe":
         recipe = RECIPES[args.name]
         if args.recipe_command == "show":
+            setup = recipe.config or f"script {recipe.runner.__module__}.{recipe.runner.__name__}"
             print(f"{recipe.name}: {recipe.description}\n  section: {recipe.section}\n"
-                  f"  config: {recipe.config}\n  book: {recipe.book or '-'}\n"
+                  f"  config: {setup}\n  book: {recipe.book or '-'}\n"
                   f"  target: {recipe.target or '-'}")
             return 0
+        if recipe.runner is not None:
+            return _run_scripted(recipe, args)
         return _train(_apply_flags(recipe.run_config(), args), args)
     if args.resume is not None:
         if args.model is not None:
@@ -187,6 +191,32 @@ def _train(config: dict[str, Any], args: argparse.Namespace, resume: bool = Fals
     if main_process:
         print(_final_line(test), flush=True)
     return 0
+
+
+def _run_scripted(recipe, args: argparse.Namespace) -> int:
+    """Run a recipe that is a script, not one Trainer run; only --out applies to it."""
+    given = [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+             if value is not None and name not in {"command", "recipe_command", "name", "out",
+                                                   "quiet"}]
+    if given:
+        raise DivekitError(f"recipe {recipe.name!r} is a scripted experiment; it takes only "
+                           f"--out, not {', '.join(given)}")
+    out = Path(args.out or experiment.default_run_dir(recipe.name, "script"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"run directory: {out}", flush=True)
+    results = recipe.runner(out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    for key, value in results.items():
+        print(f"{key}: {_rounded(value)}")
+    return 0
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def _final_line(metrics: dict[str, float]) -> str:

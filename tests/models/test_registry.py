@@ -26,6 +26,9 @@ EXPECTED_PARAMETERS = {
     # Bias-free convs (batch norm follows), 28 -> 14 -> 7 -> 3 pixels.
     "small-cnn": 16 * 9 + 32 + 32 * 16 * 9 + 64 + 64 * 32 * 9 + 128 + dense(64 * 3 * 3, 10),
 }
+# The from-scratch twins have exactly the parameters of the built-in models.
+for _twin in ("softmax-regression", "mlp", "mlp-dropout", "lenet-bn"):
+    EXPECTED_PARAMETERS[f"{_twin}-scratch"] = EXPECTED_PARAMETERS[_twin]
 
 
 def test_every_model_has_a_published_parameter_count():
@@ -73,10 +76,10 @@ def test_image_models_adapt_to_channels_classes_and_size(name):
 
 def test_train_and_eval_modes_differ_only_with_dropout_or_batch_norm():
     x = torch.randn(4, 1, 28, 28)
-    for name in ("lenet", "mlp", "softmax-regression"):
+    for name in ("lenet", "mlp", "softmax-regression", "mlp-scratch"):
         model = dk.create_model(name)
         torch.testing.assert_close(model.train()(x), model.eval()(x))
-    for name in ("lenet-bn", "mlp-dropout", "small-cnn"):
+    for name in ("lenet-bn", "mlp-dropout", "small-cnn", "lenet-bn-scratch", "mlp-dropout-scratch"):
         model = dk.create_model(name)
         assert not torch.allclose(model.train()(x), model.eval()(x))
 
@@ -92,4 +95,11 @@ def test_unknown_model_and_option_list_the_choices():
         dk.create_model("resnet-9000")
     with pytest.raises(dk.DivekitError, match="has no option depth; its options are: num_classes"):
         dk.create_model("lenet", depth=3)
-    assert dk.list_models("lenet*") == ["lenet", "lenet-bn"]
+    assert dk.list_models("lenet*") == ["lenet", "lenet-bn", "lenet-bn-scratch"]
+
+
+def test_scratch_models_return_their_own_loss():
+    model = dk.create_model("mlp-scratch")
+    x, y = torch.randn(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 9])
+    logits, loss = model(x, y)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, y))

@@ -1,6 +1,6 @@
 """Model families of the course. Importing this package registers every model."""
 
-from divekit.models import lenet, linear, mlp, smallcnn  # noqa: F401  (registration)
+from divekit.models import lenet, linear, mlp, scratch, smallcnn  # noqa: F401  (registration)
 from divekit.models.registry import (
     MODELS,
     ModelInfo,

@@ -6,6 +6,8 @@ plain SGD from Xavier-uniform initialisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from divekit.models.linear import init_xavier
@@ -39,14 +41,22 @@ def lenet(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> 
 @register_model("lenet-bn", family="lenet", section="8.5 Batch Normalization")
 def lenet_bn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
     """LeNet with batch norm after every conv and hidden dense layer (the course's 8.5 layout)."""
+    return lenet_bn_with(nn.BatchNorm2d, nn.BatchNorm1d, num_classes, in_channels, image_size)
+
+
+def lenet_bn_with(
+    norm2d: Callable[[int], nn.Module], norm1d: Callable[[int], nn.Module],
+    num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+) -> nn.Module:
+    """The BN-LeNet layout with the given batch-norm layers (built-in or from scratch)."""
     model = nn.Sequential(
-        nn.Conv2d(in_channels, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.Conv2d(in_channels, 6, kernel_size=5), norm2d(6), nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5), norm2d(16), nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Flatten(),
-        nn.Linear(_flat_features(image_size, 0), 120), nn.BatchNorm1d(120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
+        nn.Linear(_flat_features(image_size, 0), 120), norm1d(120), nn.Sigmoid(),
+        nn.Linear(120, 84), norm1d(84), nn.Sigmoid(),
         nn.Linear(84, num_classes),
     )
     model.apply(init_xavier)

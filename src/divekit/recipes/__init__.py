@@ -7,7 +7,9 @@ experiment, so our result can be put next to it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from divekit.registry import Registry
@@ -15,7 +17,7 @@ from divekit.registry import Registry
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named experiment.
+    """A named experiment: a training run (``config``) or a scripted one (``runner``).
 
     Attributes:
         name: registry name, e.g. ``"lenet-fashion-mnist"``.
@@ -24,14 +26,18 @@ class Recipe:
         config: run config: model, data, batch size, options and Trainer settings.
         book: what the book reports for it (``""`` when the experiment is ours).
         target: the result our test suite or benchmark holds it to.
+        runner: for experiments that are not one Trainer run (2-D optimizer paths, weight
+            decay sweeps, ...): ``runner(out_dir) -> results`` writes its files (plots) into
+            ``out_dir`` and returns a flat dict of JSON-able results.
     """
 
     name: str
     section: str
     description: str
-    config: dict[str, Any]
+    config: dict[str, Any] | None = None
     book: str = ""
     target: str = ""
+    runner: Callable[[Path], dict[str, Any]] | None = None
 
     def run_config(self) -> dict[str, Any]:
         """A deep copy of the config, safe to modify."""
@@ -53,4 +59,4 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-from divekit.recipes import classic  # noqa: E402, F401  (registration)
+from divekit.recipes import classic, scratch  # noqa: E402, F401  (registration)
