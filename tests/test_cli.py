@@ -60,7 +60,9 @@ def test_list(capsys):
     assert "lenet " in models and "61,706 params" in models
     assert "fashion-mnist" in cli(capsys, "list", "datasets")[1]
     assert "lenet-fashion-mnist" in cli(capsys, "list", "recipes")[1]
-    assert cli(capsys, "list", "models", "mlp*")[1].count("\n") == 2
+    lines = cli(capsys, "list", "models", "mlp*")[1].splitlines()
+    assert [line.split()[0] for line in lines] == ["mlp", "mlp-dropout", "mlp-dropout-scratch",
+                                                   "mlp-scratch"]
 
 
 @pytest.mark.parametrize(
