@@ -32,7 +32,9 @@ def test_gradient_descent_paths_end_where_the_book_says(capsys, tmp_path):
     assert results["gd, lr 0.4 end"] == pytest.approx([-0.943467, -0.000073], abs=1e-6)
     assert results["momentum, lr 0.6, beta 0.5 end"] == pytest.approx([0.007188, 0.002553],
                                                                        abs=1e-6)
-    assert (tmp_path / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
+    assert results["nonconvex gd, lr 2.0 end"] == pytest.approx(-1.528166, abs=1e-6)
+    for png in ("trajectories.png", "nonconvex.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert "gd, lr 0.4 end: [-0.943467, -7.3e-05]" in out
 
 

@@ -163,6 +163,40 @@ def plot_trajectories(
     return _save_png(fig, Path(path))
 
 
+def plot_path_1d(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    named_paths: dict[str, torch.Tensor],
+    path: str | Path,
+) -> Path:
+    """Draw a 1-D ``f`` and the points each optimizer visited on it into a PNG at ``path``.
+
+    Shape:
+        each path: ``(num_points, 1)`` or ``(num_points,)``, from :func:`trajectory`.
+    """
+    if not named_paths:
+        raise DivekitError("plot_path_1d needs at least one path")
+    paths = {name: torch.as_tensor(p, dtype=torch.float64).detach().reshape(-1)
+             for name, p in named_paths.items()}
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    every = torch.cat(list(paths.values()))
+    margin = 0.1 * float((every.max() - every.min()).clamp(min=1.0))
+    x = torch.linspace(float(every.min()) - margin, float(every.max()) + margin, 400,
+                       dtype=torch.float64)
+    fig, axis = plt.subplots(figsize=(5.5, 4))
+    axis.plot(x.numpy(), f(x).numpy(), color="0.6", linewidth=1)
+    for name, points in paths.items():
+        axis.plot(points.numpy(), f(points).numpy(), "-o", markersize=3, label=name)
+    axis.set_xlabel("x")
+    axis.set_ylabel("f(x)")
+    axis.legend()
+    fig.tight_layout()
+    return _save_png(fig, Path(path))
+
+
 def _save_png(fig, path: Path) -> Path:
     """Write the figure to a temporary name beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,13 @@ from divekit.data.synthetic import TRUE_B, TRUE_W, synthetic_regression
 from divekit.engine import Trainer
 from divekit.optim import course
 from divekit.optim.compare import compare_optimizers, diabetes_regression, plot_loss_vs_time
-from divekit.optim.trajectories import f_2d, plot_trajectories, trajectory
+from divekit.optim.trajectories import (
+    f_2d,
+    f_nonconvex,
+    plot_path_1d,
+    plot_trajectories,
+    trajectory,
+)
 from divekit.recipes import Recipe, add_recipe
 from divekit.scratch.kfold import cross_validate, load_tabular
 from divekit.scratch.linear import train_linear_regression
@@ -70,8 +76,15 @@ PATHS = {
 def gd_trajectories(out_dir: Path) -> dict[str, Any]:
     paths = {name: trajectory(factory, f_2d, steps=20) for name, factory in PATHS.items()}
     plot_trajectories(f_2d, paths, out_dir / "trajectories.png")
-    return {f"{name} end": [round(v, 6) for v in points[-1].tolist()]
-            for name, points in paths.items()}
+    results = {f"{name} end": [round(v, 6) for v in points[-1].tolist()]
+               for name, points in paths.items()}
+    # The non-convex example: a large step jumps past the nearby minimum into a worse one.
+    nonconvex = {f"gd, lr {lr}": trajectory(lambda p, lr=lr: course.SGD(p, lr=lr), f_nonconvex,
+                                            start=(10.0,), steps=10) for lr in (0.3, 2.0)}
+    plot_path_1d(f_nonconvex, nonconvex, out_dir / "nonconvex.png")
+    results |= {f"nonconvex {name} end": round(points[-1].item(), 6)
+                for name, points in nonconvex.items()}
+    return results
 
 
 def kfold_breast_cancer(out_dir: Path) -> dict[str, Any]:
@@ -128,9 +141,10 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     "gd-trajectories", "12.3-12.10 Optimization Algorithms",
-    "Paths of GD, momentum, AdaGrad, RMSProp and Adam on f = 0.1 x1^2 + 2 x2^2 from (-5, -2)",
-    runner=gd_trajectories, book="gd, lr 0.4 ends at x1 -0.943467, x2 -0.000073",
-    target="the book's end points; trajectories.png",
+    "Paths of GD, momentum, AdaGrad, RMSProp, Adam on 0.1 x1^2 + 2 x2^2; GD on x cos(0.15 pi x)",
+    runner=gd_trajectories,
+    book="gd, lr 0.4 ends at x1 -0.943467, x2 -0.000073; non-convex gd, lr 2 ends at -1.528166",
+    target="the book's end points; trajectories.png and nonconvex.png",
 ))
 add_recipe(Recipe(
     "kfold-breast-cancer", "3.6.3 / 5.7 K-fold cross-validation",
