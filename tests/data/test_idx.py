@@ -9,10 +9,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
-from tests.conftest import real_data_dir
 
 from divekit import DataError, load_data
 from divekit.data.vision import FASHION_MNIST, IdxDataset, read_idx
+from tests.conftest import real_data_dir
 
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> bytes:

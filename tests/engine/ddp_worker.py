@@ -3,10 +3,10 @@
 import sys
 
 import torch
-from tests.conftest import blobs
 
 import divekit as dk
 from divekit.data import DataModule
+from tests.conftest import blobs
 
 
 def main(out_dir: str, per_process_batch: int) -> None:

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import blobs, small_cnn
 
 import divekit as dk
 from divekit.data import DataModule
 from divekit.engine import Callback, TrainingDiverged
+from tests.conftest import blobs, small_cnn
 
 
 def fit(data, model=None, **settings):

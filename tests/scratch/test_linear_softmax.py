@@ -12,30 +12,7 @@ from divekit.scratch.softmax import (
     logsumexp,
     softmax,
 )
-
-f64 = torch.float64
-
-
-def randn(*shape, seed=0):
-    return torch.randn(shape, dtype=f64, generator=torch.Generator().manual_seed(seed))
-
-
-def value_and_grads(fn, *inputs, seed=1):
-    """``fn(*inputs)`` and the gradients of a random projection of it w.r.t. every input."""
-    inputs = [x.detach().clone().requires_grad_() for x in inputs]
-    out = fn(*inputs)
-    weights = randn(*out.shape, seed=seed)
-    grads = torch.autograd.grad((out * weights).sum(), inputs)
-    return out.detach(), grads
-
-
-def assert_same(scratch, oracle, *inputs):
-    out, grads = value_and_grads(scratch, *inputs)
-    expected, expected_grads = value_and_grads(oracle, *inputs)
-    torch.testing.assert_close(out, expected)
-    for grad, expected_grad in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(grad, expected_grad)
-
+from tests.oracle import assert_same, f64, randn
 
 # --- linear regression -------------------------------------------------------------------
 

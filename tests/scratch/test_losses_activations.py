@@ -8,29 +8,7 @@ import divekit as dk
 from divekit.scratch import activations
 from divekit.scratch.activations import relu, sigmoid, tanh
 from divekit.scratch.losses import huber_loss, l1_loss, l2_loss
-
-f64 = torch.float64
-
-
-def randn(*shape, seed=0):
-    return torch.randn(shape, dtype=f64, generator=torch.Generator().manual_seed(seed))
-
-
-def value_and_grads(fn, *inputs, seed=1):
-    """``fn(*inputs)`` and the gradients of a random projection of it w.r.t. every input."""
-    inputs = [x.detach().clone().requires_grad_() for x in inputs]
-    out = fn(*inputs)
-    grads = torch.autograd.grad((out * randn(*out.shape, seed=seed)).sum(), inputs)
-    return out.detach(), grads
-
-
-def assert_same(scratch, oracle, *inputs):
-    out, grads = value_and_grads(scratch, *inputs)
-    expected, expected_grads = value_and_grads(oracle, *inputs)
-    torch.testing.assert_close(out, expected)
-    for grad, expected_grad in zip(grads, expected_grads, strict=True):
-        assert torch.isfinite(grad).all()
-        torch.testing.assert_close(grad, expected_grad)
+from tests.oracle import assert_same, f64, randn
 
 
 def residual_pairs(delta=1.0):

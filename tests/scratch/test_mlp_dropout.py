@@ -7,12 +7,7 @@ import divekit as dk
 from divekit.scratch.dropout import dropout
 from divekit.scratch.linear import linreg, sgd_step, squared_loss
 from divekit.scratch.mlp import MLPScratch, l2_penalty
-
-f64 = torch.float64
-
-
-def randn(*shape, seed=0):
-    return torch.randn(shape, dtype=f64, generator=torch.Generator().manual_seed(seed))
+from tests.oracle import f64, randn
 
 
 def sequential_copy(model: MLPScratch) -> nn.Sequential:
