@@ -74,6 +74,8 @@ def test_list(capsys):
      (["train", "lenet", "--amp", "fp8"], ["fp8", "'off', 'bf16', 'fp16'"]),
      (["train", "lenet", "--device", "tpu"], ["unknown device 'tpu'"]),
      (["train"], ["name a model"]),
+     (["train", "lenet", "--data", "synthetic-regression"],
+      ["'lenet' is a classification model", "regression data"]),
      (["recipe", "run", "nope"], ["unknown recipe 'nope'", "lenet-fashion-mnist"]),
      (["list", "things"], ["things", "models"]),
      (["eval", "/nonexistent/run"], ["not a run directory"])],

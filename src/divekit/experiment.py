@@ -17,7 +17,7 @@ from torch import nn
 from divekit.data import DataModule, load_data
 from divekit.engine import History, Trainer, load_checkpoint, seed_everything
 from divekit.errors import DivekitError
-from divekit.models import create_model
+from divekit.models import create_model, model_info
 
 RUN_KEYS = ("model", "model_options", "data", "data_options", "data_dir", "batch_size",
             "val_size", "trainer")
@@ -34,6 +34,11 @@ def build(config: dict[str, Any], data_dir: str | None = None) -> tuple[DataModu
         config["data"], config["batch_size"], data_dir=data_dir or config.get("data_dir"),
         val_size=config.get("val_size", 0), seed=seed, **config.get("data_options", {}),
     )
+    task = model_info(config["model"]).task
+    if task != data.task:
+        raise DivekitError(f"model {config['model']!r} is a {task} model but dataset "
+                           f"{config['data']!r} is {data.task} data; pick a {data.task} model "
+                           f"(see `divekit list models`)")
     seed_everything(seed)
     model = create_model(config["model"], data, **config.get("model_options", {}))
     return data, model
