@@ -67,7 +67,7 @@ def test_list(capsys):
 
 @pytest.mark.parametrize(
     ("args", "fragments"),
-    [(["train", "resnet-9000"], ["unknown model 'resnet-9000'", "choose from: lenet"]),
+    [(["train", "resnet-9000"], ["unknown model 'resnet-9000'", "lenet, lenet-bn"]),
      (["train", "lenet", "--data", "imagenet"], ["unknown dataset 'imagenet'", "digits"]),
      (["train", "lenet", "--epochs", "-3"], ["--epochs", "-3"]),
      (["train", "lenet", "--lr", "fast"], ["--lr", "fast"]),

@@ -1,6 +1,14 @@
 """Model families of the course. Importing this package registers every model."""
 
-from divekit.models import lenet, linear, mlp, scratch, smallcnn  # noqa: F401  (registration)
+from divekit.models import (  # noqa: F401  (registration)
+    densenet,
+    lenet,
+    linear,
+    mlp,
+    resnet,
+    scratch,
+    smallcnn,
+)
 from divekit.models.registry import (
     MODELS,
     ModelInfo,
