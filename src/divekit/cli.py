@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from divekit import experiment
 from divekit.data import DATASETS
 from divekit.engine import distributed
@@ -228,8 +230,9 @@ def _final_line(metrics: dict[str, float]) -> str:
 def _list(what: str, pattern: str) -> int:
     if what == "models":
         for name, info in MODELS.items(pattern):
-            params = count_parameters(info.build())
-            print(f"{name:<22} {info.family:<8} {params:>12,} params  {info.section}")
+            with torch.device("meta"):  # shapes only: VGG-19 would allocate 0.5 GB
+                params = count_parameters(info.build())
+            print(f"{name:<28} {info.family:<9} {params:>12,} params  {info.section}")
     elif what == "datasets":
         for name, info in DATASETS.items(pattern):
             print(f"{name:<22} {info.description}")

@@ -45,6 +45,8 @@ def small_example(name):
     """A small model and a batch of 3 inputs for it, with the expected output shape."""
     info = dk.model_info(name)
     options = {"image_size": 28} if "image_size" in info.options() else {}
+    if info.task == "language-model":
+        options["num_classes"] = 10  # the vocabulary size
     torch.manual_seed(0)
     model = dk.create_model(name, **options)
     if info.task == "language-model":

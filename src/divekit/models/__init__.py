@@ -1,13 +1,18 @@
 """Model families of the course. Importing this package registers every model."""
 
 from divekit.models import (  # noqa: F401  (registration)
+    alexnet,
     densenet,
+    googlenet,
     lenet,
     linear,
     mlp,
+    nin,
     resnet,
+    rnn,
     scratch,
     smallcnn,
+    vgg,
 )
 from divekit.models.registry import (
     MODELS,

@@ -21,7 +21,8 @@ class ModelInfo:
         build: factory returning an ``nn.Module``.
         family: model family (one per file in ``divekit.models``).
         section: the course section that introduces it.
-        task: ``"classification"`` (returns logits) or ``"regression"``.
+        task: ``"classification"`` (returns logits), ``"regression"`` or ``"language-model"``
+            (token sequences in, ``(logits, loss)`` out when given targets).
         input_shape: default input shape of one example, e.g. ``(1, 28, 28)``.
         description: first line of the factory's docstring.
     """
