@@ -149,3 +149,27 @@ def test_installed_console_script_matches_module():
         pytest.skip("divekit is not installed as a console script in this environment")
     result = subprocess.run([script, "list", "recipes"], capture_output=True, text=True)
     assert result.stdout == divekit("list", "recipes").stdout
+
+
+def test_train_a_language_model_and_generate(tmp_path, capsys):
+    run = tmp_path / "lm"
+    status, out, _ = cli(capsys, "train", "gru-lm", "--data", "embedded-text", "--epochs", "1",
+                         "--batch-size", "32", "--optimizer", "adam", "--lr", "0.02",
+                         "--grad-clip", "1", "--out", run, "--quiet")
+    assert status == 0 and out.strip().splitlines()[-1].startswith("test ppl ")
+    status, out, _ = cli(capsys, "generate", run, "--prefix", "the ", "--tokens", "20")
+    text = out.removesuffix("\n")
+    assert status == 0 and text.startswith("the ") and len(text) == 24
+    sampled = [cli(capsys, "generate", run, "--prefix", "the ", "--strategy", "sample",
+                   "--seed", "3")[1] for _ in range(2)]
+    assert sampled[0] == sampled[1]  # seeded sampling is reproducible
+    status, _, err = cli(capsys, "generate", run, "--temperature", "0")
+    one_line_error(status, err, "--temperature")
+
+
+def test_generate_refuses_a_classifier_run(tmp_path, capsys):
+    run = tmp_path / "clf"
+    cli(capsys, "train", "softmax-regression", "--data", "digits", "--epochs", "1", "--out", run,
+        "--quiet")
+    status, _, err = cli(capsys, "generate", run)
+    one_line_error(status, err, "not a language model")

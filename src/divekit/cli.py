@@ -107,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", default="auto")
 
+    generate = commands.add_parser("generate", help="continue a text with a trained language model")
+    generate.add_argument("run_dir", type=Path)
+    generate.add_argument("--prefix", default="time traveller")
+    generate.add_argument("--tokens", type=_positive_int, default=50, help="tokens to add")
+    generate.add_argument("--strategy", choices=["greedy", "sample"], default="greedy")
+    generate.add_argument("--temperature", type=_positive_float, default=1.0)
+    generate.add_argument("--top-k", type=_positive_int)
+    generate.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    generate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    generate.add_argument("--data-dir")
+
     recipe = commands.add_parser("recipe", help="the course's experiments by name")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", required=True,
                                             metavar="ACTION", parser_class=_Parser)
@@ -138,6 +149,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "eval":
         metrics = experiment.evaluate_run(args.run_dir, args.checkpoint, args.data_dir, args.device)
         print(_final_line(metrics))
+        return 0
+    if args.command == "generate":
+        print(experiment.generate_text(
+            args.run_dir, args.prefix, args.tokens, args.checkpoint, args.data_dir, args.seed,
+            strategy=args.strategy, temperature=args.temperature, top_k=args.top_k))
         return 0
     if args.command == "recipe":
         recipe = RECIPES[args.name]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from divekit.data import DataModule, load_data
@@ -85,3 +86,24 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None =
     model.load_state_dict(state["model"])
     data.device = trainer.device
     return trainer.evaluate(model, data.test_dataloader(), prefix="test", task=data.task)
+
+
+def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str = "best",
+                  data_dir: str | None = None, seed: int = 0, **sampling) -> str:
+    """Continue ``prefix`` with the language model of a run directory.
+
+    Args:
+        sampling: ``strategy`` (greedy or sample), ``temperature``, ``top_k``.
+    """
+    from divekit.text.generate import generate
+
+    config = read_config(run_dir)
+    if model_info(config["model"]).task != "language-model":
+        raise DivekitError(f"{run_dir} trained {config['model']!r}, which is not a language model")
+    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    data, model = build(config, data_dir)
+    model.load_state_dict(state["model"])
+    level = config.get("data_options", {}).get("level", "word" if config["data"] == "wikitext-2"
+                                               else "char")
+    return generate(model, data.vocab, prefix, num_tokens, level=level,
+                    generator=torch.Generator().manual_seed(seed), **sampling)
