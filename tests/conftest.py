@@ -17,6 +17,16 @@ def _no_network_and_fixed_threads(monkeypatch):
     monkeypatch.setenv("DIVEKIT_OFFLINE", "1")
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one thread: tiny models gain nothing from a second one, and on a busy
+    2-core machine the thread handoffs made such tests 5-30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def real_data_dir(dataset: str) -> Path:
     """The folder holding the original files of ``dataset``, or skip when it is not here."""
     root = os.environ.get("DIVEKIT_DATA")

@@ -22,13 +22,7 @@ LAYOUTS = {"rnn-lm": (1, 1, 1), "gru-lm": (3, 1, 1), "lstm-lm": (4, 1, 1),
            "deep-gru-lm": (3, 2, 1), "bilstm-tagger": (4, 1, 2)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: a second thread gains nothing and stalls on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tokens(batch, steps, vocab_size, seed=0):

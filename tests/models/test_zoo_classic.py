@@ -30,14 +30,7 @@ REAL_RUNS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Batch-2 convolutions on small images are too small to split across threads; on a busy CPU
-    # the thread handoffs made GoogLeNet's 57 convs up to 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv(c_in: int, c_out: int, k: int) -> int:

@@ -12,14 +12,7 @@ DENSENETS = ["densenet-d2l", "densenet121"]
 BLOCKS = (resnet.Residual, resnet.BasicBlock, resnet.Bottleneck)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Batch-2 convolutions are too small to split across threads; on a busy CPU the thread
-    # handoffs make these tests several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv(c_in, c_out, k, bias=False):

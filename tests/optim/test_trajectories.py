@@ -22,6 +22,7 @@ from divekit.optim.trajectories import (
     train_2d,
     trajectory,
 )
+from tests.optim.test_course_optimizers import ALL
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -135,17 +136,6 @@ def test_plot_trajectories_rejects_bad_shapes(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-FACTORIES = {
-    "sgd": lambda p: SGD(p, lr=0.05),
-    "momentum": lambda p: Momentum(p, lr=0.02, beta=0.5),
-    "adagrad": lambda p: AdaGrad(p, lr=0.1),
-    "rmsprop": lambda p: RMSProp(p, lr=0.01),
-    "adadelta": lambda p: Adadelta(p),
-    "adam": lambda p: Adam(p, lr=0.01),
-    "yogi": lambda p: Yogi(p, lr=0.01),
-}
-
-
 @pytest.fixture(scope="module")
 def diabetes():
     return diabetes_regression(batch_size=10)
@@ -167,8 +157,8 @@ def test_compare_optimizers_records_decreasing_loss_on_a_monotone_clock(diabetes
     solution = torch.linalg.lstsq(design, y.double()).solution
     best = ((design @ solution - y.double()) ** 2).mean().item()
 
-    results = compare_optimizers(FACTORIES, diabetes, epochs=2, batch_size=10)
-    assert list(results) == list(FACTORIES)
+    results = compare_optimizers(ALL, diabetes, epochs=2, batch_size=10)
+    assert list(results) == list(ALL)
     starts = {points[0] for points in results.values()}
     assert len(starts) == 1  # the same seeded initial weights for every optimizer
     for name, points in results.items():
@@ -187,14 +177,14 @@ def test_compare_optimizers_records_decreasing_loss_on_a_monotone_clock(diabetes
 
 def test_compare_optimizers_accepts_tensors_and_rejects_bad_arguments(diabetes):
     X, y = diabetes.train
-    results = compare_optimizers({"sgd": FACTORIES["sgd"]}, (X, y.flatten()), epochs=1,
+    results = compare_optimizers({"sgd": ALL["sgd"]}, (X, y.flatten()), epochs=1,
                                  batch_size=50, record_every=100)
     assert len(results["sgd"]) == 1 + 4  # start, batches 2, 4, 6, and the last (8)
     with pytest.raises(DivekitError, match="at least one"):
         compare_optimizers({}, diabetes)
     with pytest.raises(DivekitError, match="batch_size"):
-        compare_optimizers(FACTORIES, diabetes, batch_size=0)
+        compare_optimizers(ALL, diabetes, batch_size=0)
     with pytest.raises(DivekitError, match="shape"):
-        compare_optimizers(FACTORIES, (X[:, 0], y))
+        compare_optimizers(ALL, (X[:, 0], y))
     with pytest.raises(DivekitError, match="non-empty"):
         plot_loss_vs_time({"sgd": []}, "unused.png")

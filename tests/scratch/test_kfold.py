@@ -8,15 +8,7 @@ from divekit import DataModule, Trainer
 from divekit.errors import DivekitError
 from divekit.scratch.kfold import cross_validate, kfold_indices, load_tabular, standardize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Linear(30, 2) is too small to split across threads; on a busy CPU the thread handoffs
-    # make training ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- folds

@@ -175,8 +175,6 @@ class Trainer:
             while self.epoch < self.max_epochs and self.stop_reason is None:
                 metrics = self._train_epoch()
                 metrics.update(self.evaluate(self.model, eval_loader, prefix=self.eval_split))
-                metrics["train_time"] = self._epoch_time
-                metrics["examples_per_s"] = self._throughput
                 self.epoch += 1
                 metrics["epoch"] = self.epoch
                 self.history.append(dict(sorted(metrics.items(), key=_column_order)))
@@ -266,10 +264,11 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_step_end(self)
         self._check_finite()
-        self._epoch_time = time.perf_counter() - start
-        self._throughput = self._sums.count * self.world_size / max(self._epoch_time, 1e-9)
+        seconds = time.perf_counter() - start
         metrics = self._sums.metrics("train", self.task)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["train_time"] = seconds
+        metrics["examples_per_s"] = self._sums.count * self.world_size / max(seconds, 1e-9)
         return metrics
 
     def _loss(self, model, batch) -> tuple[torch.Tensor, Any, torch.Tensor]:

@@ -47,6 +47,12 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("recipe")
 
 
+def training_run(model: str, data: str, batch_size: int, **trainer: Any) -> dict[str, Any]:
+    """A run config with default model and data options: what most recipes are."""
+    return {"model": model, "model_options": {}, "data": data, "data_options": {},
+            "batch_size": batch_size, "val_size": 0, "trainer": trainer}
+
+
 def add_recipe(recipe: Recipe) -> Recipe:
     return RECIPES.add(recipe.name, recipe)
 

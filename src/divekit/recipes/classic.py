@@ -1,12 +1,7 @@
 """Recipes for the linear, MLP and LeNet chapters on Fashion-MNIST, and the embedded demo."""
 
 from divekit.recipes import Recipe, add_recipe
-
-
-def _run(model: str, data: str, batch_size: int, **trainer) -> dict:
-    return {"model": model, "model_options": {}, "data": data, "data_options": {},
-            "batch_size": batch_size, "val_size": 0, "trainer": trainer}
-
+from divekit.recipes import training_run as _run
 
 add_recipe(Recipe(
     "digits-lenet", "7.6 LeNet (embedded data)",

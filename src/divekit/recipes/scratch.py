@@ -18,15 +18,15 @@ from divekit.optim.trajectories import (
     plot_trajectories,
     trajectory,
 )
-from divekit.recipes import Recipe, add_recipe
+from divekit.recipes import Recipe, add_recipe, training_run
 from divekit.scratch.kfold import cross_validate, load_tabular
 from divekit.scratch.linear import train_linear_regression
 from divekit.scratch.weight_decay import train_with_weight_decay
 
 
 def _run(model: str, lr: float) -> dict:
-    return {"model": model, "model_options": {}, "data": "fashion-mnist", "data_options": {},
-            "batch_size": 256, "val_size": 0, "trainer": {"max_epochs": 10, "lr": lr}}
+    """The course's Fashion-MNIST setting: batch 256, 10 epochs of SGD."""
+    return training_run(model, "fashion-mnist", 256, max_epochs=10, lr=lr)
 
 
 def linear_regression_scratch(out_dir: Path) -> dict[str, Any]:
