@@ -173,3 +173,27 @@ def test_generate_refuses_a_classifier_run(tmp_path, capsys):
         "--quiet")
     status, _, err = cli(capsys, "generate", run)
     one_line_error(status, err, "not a language model")
+
+
+def test_data_and_model_options_reach_the_run(capsys, tmp_path):
+    status, out, err = cli(capsys, "train", "small-cnn", *FAST, "--epochs", "1", "--quiet",
+                           "-D", "normalize=true", "-M", "widths=[4, 8]", "--out", tmp_path / "r")
+    assert status == 0, err
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["data_options"] == {"normalize": True}
+    assert config["model_options"] == {"widths": [4, 8]}
+    from divekit import experiment
+    _, model = experiment.build(config)
+    assert model[0].out_channels == 4 and model[4].out_channels == 8
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("-D", "normalize", "KEY=VALUE option"),
+    ("-M", "2x=3", "KEY=VALUE option"),
+    ("-M", "depth=3", "has no option depth"),
+    ("-D", "colour=1", "has no option colour"),
+])
+def test_bad_options_are_one_line_errors(capsys, tmp_path, flag, value, fragment):
+    status, _, err = cli(capsys, "train", "small-cnn", *FAST, "--epochs", "1", flag, value,
+                         "--out", tmp_path / "r")
+    one_line_error(status, err, fragment)

@@ -54,10 +54,29 @@ def _positive_float(text: str) -> float:
 _positive_float.__name__ = "positive number"
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON where it parses (``8``, ``0.5``, ``true``,
+    ``[16, 32]``) and as a string otherwise (``path=my.txt``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise ValueError
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+_option.__name__ = "KEY=VALUE option"
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `train` and `recipe run`; unset ones keep the recipe's values."""
     add = parser.add_argument
     add("--data", help=f"dataset: {', '.join(DATASETS.names())}")
+    add("-D", "--data-option", type=_option, action="append", metavar="KEY=VALUE",
+        help="dataset option, e.g. -D normalize=true -D path=notes.txt (repeatable)")
+    add("-M", "--model-option", type=_option, action="append", metavar="KEY=VALUE",
+        help="model option, e.g. -M num_hiddens=256 -M 'widths=[32,64]' (repeatable)")
     add("--data-dir", help="folder with one sub-folder per dataset (default $DIVEKIT_DATA, "
                            "then ~/.cache/divekit)")
     add("--epochs", type=_positive_int, help="passes over the training set")
@@ -188,6 +207,8 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         config["data"] = args.data
     if args.data_dir is not None:
         config["data_dir"] = args.data_dir
+    for flag, key in (("data_option", "data_options"), ("model_option", "model_options")):
+        config.setdefault(key, {}).update(getattr(args, flag) or [])
     if args.batch_size is not None:
         config["batch_size"] = args.batch_size
     if args.val_size is not None:

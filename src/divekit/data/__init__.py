@@ -1,6 +1,6 @@
 """Datasets, loaders and downloads. Importing this package registers every dataset."""
 
-from divekit.data import synthetic, text, vision  # noqa: F401  (registration)
+from divekit.data import cifar, folder, synthetic, text, vision  # noqa: F401  (registration)
 from divekit.data.loaders import TensorLoader
 from divekit.data.paths import data_root
 from divekit.data.registry import DATASETS, DataModule, list_datasets, load_data, register_dataset
