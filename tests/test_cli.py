@@ -197,3 +197,47 @@ def test_bad_options_are_one_line_errors(capsys, tmp_path, flag, value, fragment
     status, _, err = cli(capsys, "train", "small-cnn", *FAST, "--epochs", "1", flag, value,
                          "--out", tmp_path / "r")
     one_line_error(status, err, fragment)
+
+
+def test_show_batch_writes_a_png_grid(capsys, tmp_path):
+    out = tmp_path / "grid.png"
+    status, stdout, err = cli(capsys, "show-batch", "digits", "--augment", "crop=0.5,erase",
+                              "-n", "6", "--out", out)
+    assert status == 0, err
+    assert stdout.strip() == str(out) and out.read_bytes()[:4] == b"\x89PNG"
+    status, _, err = cli(capsys, "show-batch", "digits", "--augment", "rotate")
+    one_line_error(status, err, "rotate")
+
+
+def test_train_with_mixup_counts_accuracy_against_the_dominant_label(capsys, tmp_path):
+    status, _, err = cli(capsys, "train", "small-cnn", *FAST, "--epochs", "2", "--quiet",
+                         "--augment", "crop=0.6,mixup=0.4", "--out", tmp_path / "r")
+    assert status == 0, err
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["augment"] == \
+        "crop=0.6,mixup=0.4"
+    rows = metric_rows(tmp_path / "r")
+    # 1,437 training digits: a count of N * classes (soft labels) would give accuracy <= 0.1.
+    assert 0.5 < float(rows[-1]["train_acc"]) <= 1 and float(rows[-1]["test_acc"]) > 0.6
+
+
+def test_summary_prints_the_table_or_json(capsys):
+    status, out, err = cli(capsys, "summary", "resnet18", "--input", "3x224x224",
+                           "--num-classes", "1000", "--depth", "1")
+    assert status == 0, err
+    assert "layer4 (Sequential)" in out and "[1, 512, 7, 7]" in out
+    assert "11,689,512" in out  # torchvision's published count
+    status, out, err = cli(capsys, "summary", "small-cnn", "-M", "widths=[4, 8]", "--json")
+    assert status == 0, err
+    result = json.loads(out)
+    # conv 1->4 at 28x28 and 4->8 at 14x14 (3x3 kernels), then the 8*7*7 -> 10 classifier
+    assert result["macs"] == 4 * 9 * 28 * 28 + 4 * 8 * 9 * 14 * 14 + 8 * 7 * 7 * 10
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["summary", "lenet", "--input", "1x8x8"], "cannot take an input of size"),
+    (["summary", "lenet", "--input", "28x28"], "takes examples of shape"),
+    (["summary", "lenet", "--input", "1xbig"], "shape like 3x224x224"),
+    (["summary", "lenet", "--depth", "0"], "depth"),
+])
+def test_summary_errors_are_one_line(capsys, args, fragment):
+    one_line_error(*cli(capsys, *args)[::2], fragment)

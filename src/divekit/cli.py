@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ from typing import Any
 import torch
 
 from divekit import experiment
-from divekit.data import DATASETS
+from divekit.data import DATASETS, load_data, show_batch
+from divekit.data.augment import AUGMENT_GRAMMAR
 from divekit.engine import distributed
 from divekit.engine.device import AMP_CHOICES
 from divekit.errors import DivekitError
-from divekit.models import MODELS, count_parameters
+from divekit.models import MODELS, count_parameters, summary_for
 from divekit.optim import OPTIMIZERS, SCHEDULES
 from divekit.recipes import RECIPES
 
@@ -69,6 +71,21 @@ def _option(text: str) -> tuple[str, Any]:
 _option.__name__ = "KEY=VALUE option"
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    """``3x224x224`` -> ``(3, 224, 224)``."""
+    return tuple(_positive_int(part) for part in text.lower().split("x"))
+
+
+_shape.__name__ = "shape like 3x224x224"
+
+
+def _depth(text: str) -> int | None:
+    return None if text == "all" else _positive_int(text)
+
+
+_depth.__name__ = "depth (a positive integer or 'all')"
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `train` and `recipe run`; unset ones keep the recipe's values."""
     add = parser.add_argument
@@ -93,6 +110,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--label-smoothing", type=float)
     add("--early-stopping", type=_positive_int, metavar="PATIENCE",
         help="stop after this many epochs without improvement")
+    add("--augment", metavar="SPEC", help="augment training batches, e.g. "
+        "'flip,crop=0.5,jitter=0.4,erase,mixup=0.2' (see `divekit show-batch --help`)")
     add("--val-size", type=float, help="hold out this fraction (or count) of training data")
     add("--seed", type=int)
     add("--device", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -137,6 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--checkpoint", choices=["best", "last"], default="best")
     generate.add_argument("--data-dir")
 
+    summary = commands.add_parser(
+        "summary", help="layers, output shapes, parameters and multiply-accumulates of a model")
+    summary.add_argument("model", help="registered model name (see `divekit list models`)")
+    summary.add_argument("--input", type=_shape, metavar="CxHxW",
+                         help="one example's shape, e.g. 3x224x224 (default: the model's own)")
+    summary.add_argument("--num-classes", type=_positive_int)
+    summary.add_argument("--depth", type=_depth, default=3,
+                         help="module nesting shown (default 3; 'all' for every leaf)")
+    summary.add_argument("--batch-size", type=_positive_int, default=1)
+    summary.add_argument("-M", "--model-option", type=_option, action="append",
+                         metavar="KEY=VALUE", help="model option (repeatable)")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    show_batch = commands.add_parser(
+        "show-batch", help="write a PNG grid of (augmented) training images with their labels",
+        description="Write a grid of images with their labels, as the loaders give them.",
+        epilog=AUGMENT_GRAMMAR, formatter_class=argparse.RawDescriptionHelpFormatter)
+    show_batch.add_argument("data", metavar="DATASET", help=f"one of {', '.join(DATASETS.names())}")
+    show_batch.add_argument("--augment", metavar="SPEC", help="augmentations (see below)")
+    show_batch.add_argument("--out", type=Path, default=Path("batch.png"), metavar="PNG")
+    show_batch.add_argument("-n", type=_positive_int, default=32, help="images to show")
+    show_batch.add_argument("--split", choices=["train", "val", "test"], default="train")
+    show_batch.add_argument("--seed", type=int, default=0, help="picks the images and draws")
+    show_batch.add_argument("-D", "--data-option", type=_option, action="append",
+                            metavar="KEY=VALUE", help="dataset option (repeatable)")
+    show_batch.add_argument("--data-dir")
+
     recipe = commands.add_parser("recipe", help="the course's experiments by name")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", required=True,
                                             metavar="ACTION", parser_class=_Parser)
@@ -173,6 +219,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(experiment.generate_text(
             args.run_dir, args.prefix, args.tokens, args.checkpoint, args.data_dir, args.seed,
             strategy=args.strategy, temperature=args.temperature, top_k=args.top_k))
+        return 0
+    if args.command == "summary":
+        options = dict(args.model_option or [])
+        if args.num_classes is not None:
+            options["num_classes"] = args.num_classes
+        result = summary_for(args.model, args.input, batch_size=args.batch_size,
+                             depth=args.depth, **options)
+        print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+        return 0
+    if args.command == "show-batch":
+        data = load_data(args.data, data_dir=args.data_dir, **dict(args.data_option or []))
+        print(show_batch(data, args.out, augment=args.augment, n=args.n, split=args.split,
+                         seed=args.seed))
         return 0
     if args.command == "recipe":
         recipe = RECIPES[args.name]
@@ -211,6 +270,8 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         config.setdefault(key, {}).update(getattr(args, flag) or [])
     if args.batch_size is not None:
         config["batch_size"] = args.batch_size
+    if args.augment is not None:
+        config["augment"] = args.augment
     if args.val_size is not None:
         config["val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
     if args.epochs is not None:
@@ -233,13 +294,15 @@ def _train(config: dict[str, Any], args: argparse.Namespace, resume: bool = Fals
 
 
 def _run_scripted(recipe, args: argparse.Namespace) -> int:
-    """Run a recipe that is a script, not one Trainer run; only --out applies to it."""
+    """Run a recipe that is a script, not one Trainer run; only --out and --data-dir apply."""
     given = [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
              if value is not None and name not in {"command", "recipe_command", "name", "out",
-                                                   "quiet"}]
+                                                   "quiet", "data_dir"}]
     if given:
         raise DivekitError(f"recipe {recipe.name!r} is a scripted experiment; it takes only "
-                           f"--out, not {', '.join(given)}")
+                           f"--out and --data-dir, not {', '.join(given)}")
+    if args.data_dir is not None:  # the script's loaders read it as the default data folder
+        os.environ["DIVEKIT_DATA"] = args.data_dir
     out = Path(args.out or experiment.default_run_dir(recipe.name, "script"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"run directory: {out}", flush=True)

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from divekit.data import DataModule, load_data
+from divekit.data import DataModule, load_data, parse_augment
 from divekit.engine import History, Trainer, load_checkpoint, seed_everything
 from divekit.errors import DivekitError
 from divekit.models import create_model, model_info
 
 RUN_KEYS = ("model", "model_options", "data", "data_options", "data_dir", "batch_size",
-            "val_size", "trainer")
+            "val_size", "augment", "trainer")
 
 
 def default_run_dir(model: str, data: str) -> Path:
@@ -40,6 +40,10 @@ def build(config: dict[str, Any], data_dir: str | None = None) -> tuple[DataModu
         raise DivekitError(f"model {config['model']!r} is a {task} model but dataset "
                            f"{config['data']!r} is {data.task} data; pick a {data.task} model "
                            f"(see `divekit list models`)")
+    if config.get("augment"):
+        # Unseeded: the augmentations draw from the global generator, which the Trainer seeds
+        # and checkpoints, so a resumed run sees the same ones.
+        data.transform = parse_augment(config["augment"], num_classes=data.num_classes)
     seed_everything(seed)
     model = create_model(config["model"], data, **config.get("model_options", {}))
     return data, model

@@ -3,6 +3,7 @@ import torch
 
 import divekit as dk
 from divekit.models import MODELS
+from divekit.models.stems import SMALL_IMAGE_SIZE, uses_small_stem
 
 
 def conv(c_in, c_out, k):
@@ -115,3 +116,30 @@ def test_scratch_models_return_their_own_loss():
     x, y = torch.randn(5, 1, 28, 28), torch.tensor([0, 1, 2, 3, 9])
     logits, loss = model(x, y)
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, y))
+
+
+# The chapter-8 zoo: every family here picks its stem with divekit.models.stems.
+STEM_FAMILIES = {"alexnet", "vgg", "nin", "googlenet", "resnet", "densenet"}
+# DenseNet-121's 120 layers take ~5 s on meta at six sizes; densenet-d2l shares its builder.
+ZOO = [pytest.param(name, marks=pytest.mark.slow) if name == "densenet121" else name
+       for name in dk.list_models() if MODELS[name].family in STEM_FAMILIES]
+
+
+def on_meta(name, **options):
+    with torch.device("meta"):
+        return dk.create_model(name, **options).eval()
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_models_take_every_course_input_size_and_share_one_stem_rule(name):
+    # Shapes only, on the meta device: VGG-19 at 224 allocates nothing. The numerics of the
+    # small-image stem run for real at 28 and 32 (the tests above and test_zoo_*.py); every
+    # size below SMALL_IMAGE_SIZE builds that same architecture, every size from it on the other.
+    architectures = {}
+    for size in (28, 32, 64, SMALL_IMAGE_SIZE - 1, SMALL_IMAGE_SIZE, 224):
+        model = on_meta(name, num_classes=7, in_channels=3, image_size=size)
+        with torch.device("meta"):
+            assert model(torch.empty(2, 3, size, size)).shape == (2, 7), size
+        architectures.setdefault(repr(model), set()).add(uses_small_stem(size))
+    assert sorted(architectures.values(), key=min) == [{False}, {True}]
+    assert uses_small_stem(SMALL_IMAGE_SIZE - 1) and not uses_small_stem(SMALL_IMAGE_SIZE)

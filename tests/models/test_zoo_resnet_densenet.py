@@ -261,7 +261,7 @@ def test_state_dict_has_torchvisions_keys_and_shapes_and_loads_strictly(name, ex
 
 
 def test_stem_keeps_small_images_and_quarters_large_ones():
-    for size, expected in [(28, 28), (63, 63), (64, 16), (65, 17), (224, 56)]:
+    for size, expected in [(28, 28), (64, 64), (95, 95), (96, 24), (97, 25), (224, 56)]:
         layers = nn.Sequential(*resnet.stem(3, 8, image_size=size))
         assert layers(torch.randn(1, 3, size, size)).shape == (1, 8, expected, expected)
     assert isinstance(resnet.stem(1, 8, image_size=28)[-1], nn.Identity)

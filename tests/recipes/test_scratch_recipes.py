@@ -55,4 +55,4 @@ def test_kfold_cross_validation_on_a_bundled_tabular_set(capsys, tmp_path):
 
 def test_scripted_recipes_refuse_training_flags(capsys, tmp_path):
     assert main(["recipe", "run", "weight-decay-scratch", "--lr", "0.1"]) == 2
-    assert "takes only --out, not --lr" in capsys.readouterr().err
+    assert "takes only --out and --data-dir, not --lr" in capsys.readouterr().err

@@ -7,8 +7,8 @@ from divekit.cli import main
 from tests.conftest import real_data_dir
 
 
-def run(capsys, name, tmp_path):
-    assert main(["recipe", "run", name, "--out", str(tmp_path)]) == 0
+def run(capsys, name, tmp_path, *flags):
+    assert main(["recipe", "run", name, "--out", str(tmp_path), *flags]) == 0
     capsys.readouterr()
     return json.loads((tmp_path / "results.json").read_text())
 
@@ -24,8 +24,9 @@ def test_sine_autoregression_errors_grow_with_the_horizon(capsys, tmp_path, one_
 
 
 def test_ngram_perplexities_on_the_time_machine(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("DIVEKIT_DATA", str(real_data_dir("timemachine")))
-    results = run(capsys, "ngram-timemachine", tmp_path)
+    monkeypatch.setenv("DIVEKIT_DATA", str(tmp_path / "empty"))  # --data-dir must win
+    results = run(capsys, "ngram-timemachine", tmp_path,
+                  "--data-dir", str(real_data_dir("timemachine")))
     assert results["vocab_size"] == 28
     assert results["train_tokens"] + results["held_out_tokens"] == 173_428
     for smoothing in ("add-1", "interpolated"):

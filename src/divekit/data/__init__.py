@@ -1,11 +1,13 @@
 """Datasets, loaders and downloads. Importing this package registers every dataset."""
 
 from divekit.data import cifar, folder, synthetic, text, vision  # noqa: F401  (registration)
+from divekit.data.augment import Compose, parse_augment
 from divekit.data.loaders import TensorLoader
 from divekit.data.paths import data_root
+from divekit.data.preview import show_batch
 from divekit.data.registry import DATASETS, DataModule, list_datasets, load_data, register_dataset
 
 __all__ = [
-    "DATASETS", "DataModule", "TensorLoader", "data_root", "list_datasets", "load_data",
-    "register_dataset",
+    "DATASETS", "Compose", "DataModule", "TensorLoader", "data_root", "list_datasets",
+    "load_data", "parse_augment", "register_dataset", "show_batch",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from divekit.data.loaders import TensorLoader
 from divekit.errors import DivekitError
@@ -28,6 +30,10 @@ class DataModule:
         class_names: one name per class (classification only).
         seed: shuffles the training loader, one permutation per epoch.
         device: where the loaders put the tensors (once, up front).
+        transform: applied to every training batch (augmentation, see ``parse_augment``).
+        resize: the loaders resize every image batch to ``resize x resize`` (bilinear, on the
+            batch's device, before ``transform``), so 28x28 images can feed a 224x224 model
+            without storing them at that size: 60,000 of them would take 12 GB.
     """
 
     name: str
@@ -40,6 +46,7 @@ class DataModule:
     seed: int = 0
     device: torch.device | str | None = None
     transform: Callable | None = None
+    resize: int | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -47,13 +54,26 @@ class DataModule:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input example, e.g. ``(1, 28, 28)``."""
-        return tuple(self.train[0].shape[1:])
+        """Shape of one input example as the loaders give it, e.g. ``(1, 28, 28)``."""
+        shape = tuple(self.train[0].shape[1:])
+        return shape if self.resize is None else (shape[0], self.resize, self.resize)
+
+    def resized(self, size: int) -> DataModule:
+        """The same data (no copy) with loaders that resize every image batch to ``size``."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise DivekitError(f"resize must be a positive integer (pixels), got {size!r}")
+        if self.train[0].ndim != 4:
+            raise DivekitError(f"resizing needs image batches (N, C, H, W); {self.name!r} has "
+                               f"inputs of shape {tuple(self.train[0].shape)}")
+        return dataclasses.replace(self, resize=size)
 
     def train_dataloader(self) -> TensorLoader:
+        transform = self.transform
+        if self.resize is not None:
+            transform = self._resize if transform is None else self._resize_then_transform
         return TensorLoader(
             *self.train, batch_size=self.batch_size, shuffle=True, seed=self.seed,
-            device=self.device, transform=self.transform,
+            device=self.device, transform=transform,
         )
 
     def val_dataloader(self) -> TensorLoader | None:
@@ -63,7 +83,17 @@ class DataModule:
         return self._eval_loader(self.test)
 
     def _eval_loader(self, split: tuple[torch.Tensor, torch.Tensor]) -> TensorLoader:
+        if self.resize is not None:  # 1024 images at 224x224 through a VGG would take tens of GB
+            return TensorLoader(*split, batch_size=self.batch_size, device=self.device,
+                                transform=self._resize)
         return TensorLoader(*split, batch_size=max(self.batch_size, 1024), device=self.device)
+
+    def _resize(self, images: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        size = (self.resize, self.resize)
+        return (F.interpolate(images, size=size, mode="bilinear", align_corners=False), *rest)
+
+    def _resize_then_transform(self, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.transform(*self._resize(*batch))
 
     def __repr__(self) -> str:
         sizes = f"train={len(self.train[0])}, test={len(self.test[0])}"
@@ -108,6 +138,7 @@ def load_data(
     val_size: float | int = 0,
     seed: int = 0,
     device: torch.device | str | None = None,
+    resize: int | None = None,
     **options,
 ) -> DataModule:
     """Load a registered dataset as a :class:`DataModule`.
@@ -121,6 +152,8 @@ def load_data(
             in (0, 1)) as a validation split, chosen by ``seed``.
         seed: seeds the validation split and the training shuffle.
         device: keep the tensors on this device (e.g. ``"cuda"``) so batches need no copy.
+        resize: give image batches at ``resize x resize`` (e.g. the course's 224 for AlexNet),
+            resized per batch on the device; see :meth:`DataModule.resized`.
         options: dataset-specific options (e.g. ``normalize=True``).
     """
     info = DATASETS[name]
@@ -137,7 +170,7 @@ def load_data(
     data.batch_size, data.seed, data.device = batch_size, seed, device
     if val_size:
         data.train, data.val = _split(data.train, val_size, seed)
-    return data
+    return data if resize is None else data.resized(resize)
 
 
 def _split(split: tuple[torch.Tensor, torch.Tensor], val_size: float | int, seed: int):

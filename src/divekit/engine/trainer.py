@@ -412,6 +412,8 @@ class _Sums:
         self.count = 0
 
     def add(self, loss: torch.Tensor, outputs, targets: torch.Tensor, task: str) -> None:
+        if task == "classification" and targets.is_floating_point():  # soft labels (mixup)
+            targets = targets.argmax(-1)
         count = targets.numel()
         self.loss += loss.detach().double() * count
         if task != "regression":

@@ -23,8 +23,9 @@ from divekit.models.registry import (
     model_info,
     register_model,
 )
+from divekit.models.summary import Summary, summarize, summary_for
 
 __all__ = [
-    "MODELS", "ModelInfo", "count_parameters", "create_model", "list_models", "model_info",
-    "register_model",
+    "MODELS", "ModelInfo", "Summary", "count_parameters", "create_model", "list_models",
+    "model_info", "register_model", "summarize", "summary_for",
 ]

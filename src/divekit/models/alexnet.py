@@ -4,10 +4,11 @@ The course's single-tower AlexNet: the paper's layer sizes without its two-GPU s
 response normalisation, ReLU throughout and dropout in the dense layers. At 224 x 224 it has
 50,844,008 parameters with 3 input channels and 1000 classes.
 
-Small inputs (``image_size < 96``, e.g. 28 x 28 Fashion-MNIST) get the small-input stem: a
-3 x 3 stride-1 conv and no max-pool after it, because the 11 x 11 stride-4 conv and its pool
-shrink 28 pixels to nothing by the second pool. Everything after the stem is identical, and an
-adaptive average pool to 5 x 5 (the identity at 224) keeps the classifier at 6400 inputs.
+Small inputs (``image_size < 96``, e.g. 28 x 28 Fashion-MNIST; the zoo's rule, see
+:mod:`divekit.models.stems`) get the small-input stem: a 3 x 3 stride-1 conv and no max-pool
+after it, because the 11 x 11 stride-4 conv and its pool shrink 28 pixels to nothing by the
+second pool. Everything after the stem is identical, and an adaptive average pool to 5 x 5 (the
+identity at 224) keeps the classifier at 6400 inputs.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ from torch import nn
 from divekit.errors import DivekitError
 from divekit.models.linear import init_xavier
 from divekit.models.registry import register_model
-
-# Below 65 pixels the ImageNet stem leaves nothing after the third pool; 96 is the zoo's
-# threshold for every chapter-8 model, so one rule picks the stem everywhere.
-SMALL_IMAGE_SIZE = 96
+from divekit.models.stems import uses_small_stem
 
 
 @register_model("alexnet", family="alexnet",
@@ -47,7 +45,7 @@ def alexnet(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) 
     if image_size < 7:
         # Two 3x3 stride-2 max-pools after the stem need at least 7 pixels.
         raise DivekitError(f"alexnet needs image_size >= 7, got {image_size}")
-    if image_size < SMALL_IMAGE_SIZE:
+    if uses_small_stem(image_size):
         stem = nn.Sequential(nn.Conv2d(in_channels, 96, kernel_size=3, padding=1), nn.ReLU())
     else:
         stem = nn.Sequential(

@@ -13,8 +13,8 @@ dense blocks halve both the resolution and the number of channels to keep the wi
   so torchvision's weights load with ``load_state_dict(strict=True)``. Its layers are
   bottlenecks: BN-ReLU-1x1 conv to ``4 * growth_rate`` channels, then BN-ReLU-3x3 conv.
 
-Both start with ResNet's stem (``divekit.models.resnet.stem``), so inputs below 64 pixels get
-a 3x3 stride-1 conv and no max-pool.
+Both start with ResNet's stem (``divekit.models.resnet.stem``), so inputs below 96 pixels (the
+zoo's rule, see :mod:`divekit.models.stems`) get a 3x3 stride-1 conv and no max-pool.
 """
 
 from __future__ import annotations

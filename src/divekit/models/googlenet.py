@@ -6,9 +6,10 @@ max-pool then 1 x 1. The cheap 1 x 1 convs shrink the channels before the costly
 course there is no batch norm and no auxiliary classifier: 6,998,552 parameters with 3 input
 channels and 1000 classes.
 
-Small inputs (``image_size < 96``) get the small-input stem: a 3 x 3 stride-1 conv and no
-max-pool after it, so a 28 x 28 image reaches the last stage as 4 x 4 instead of 1 x 1. The
-rest, which ends in a global average pool, is identical.
+Small inputs (``image_size < 96``, the zoo's rule in :mod:`divekit.models.stems`; the course
+trains GoogLeNet at 96 with the ImageNet stem) get the small-input stem: a 3 x 3 stride-1 conv
+and no max-pool after it, so a 28 x 28 image reaches the last stage as 4 x 4 instead of 1 x 1.
+The rest, which ends in a global average pool, is identical.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from torch import nn
 
 from divekit.models.linear import init_xavier
 from divekit.models.registry import register_model
-
-# The course trains GoogLeNet at 96 x 96 with the ImageNet stem; below that the 4x early
-# downsampling leaves too few pixels for the later stages. The same threshold as alexnet.py.
-SMALL_IMAGE_SIZE = 96
+from divekit.models.stems import uses_small_stem
 
 
 class Inception(nn.Module):
@@ -87,7 +85,7 @@ def googlenet(num_classes: int = 10, in_channels: int = 1, image_size: int = 224
         pool -> 64 x 56 x 56; b2 -> 192 x 28 x 28; b3 -> 480 x 14 x 14; b4 -> 832 x 7 x 7;
         b5 -> 1024 x 7 x 7; average and linear -> classes.
     """
-    if image_size < SMALL_IMAGE_SIZE:
+    if uses_small_stem(image_size):
         stem = nn.Sequential(nn.Conv2d(in_channels, 64, kernel_size=3, padding=1), nn.ReLU())
     else:
         stem = nn.Sequential(

@@ -4,9 +4,10 @@ A NiN block is a conv followed by two 1 x 1 convs, all with ReLU: the 1 x 1 conv
 small MLP applied at every pixel. There are no dense layers: the last block has one channel per
 class and a global average pool turns each channel into a logit.
 
-Small inputs (``image_size < 96``) get the small-input stem: the first block uses a 3 x 3
-stride-1 conv and is not followed by a max-pool, because the 11 x 11 stride-4 conv and the
-pools shrink 28 pixels to nothing by the second pool. Everything after the stem is identical.
+Small inputs (``image_size < 96``, the zoo's rule in :mod:`divekit.models.stems`) get the
+small-input stem: the first block uses a 3 x 3 stride-1 conv and is not followed by a max-pool,
+because the 11 x 11 stride-4 conv and the pools shrink 28 pixels to nothing by the second pool.
+Everything after the stem is identical.
 """
 
 from __future__ import annotations
@@ -18,10 +19,7 @@ from torch import nn
 from divekit.errors import DivekitError
 from divekit.models.linear import init_xavier
 from divekit.models.registry import register_model
-
-# Below 67 pixels the ImageNet stem leaves nothing after the third pool; 96 is the zoo's
-# threshold for every chapter-8 model (see alexnet.py).
-SMALL_IMAGE_SIZE = 96
+from divekit.models.stems import uses_small_stem
 
 
 def nin_block(
@@ -61,7 +59,7 @@ def nin(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> n
     if image_size < 7:
         # Two 3x3 stride-2 max-pools after the stem need at least 7 pixels.
         raise DivekitError(f"nin needs image_size >= 7, got {image_size}")
-    if image_size < SMALL_IMAGE_SIZE:
+    if uses_small_stem(image_size):
         stem = nn.Sequential(nin_block(in_channels, 96, kernel_size=3, stride=1, padding=1))
     else:
         stem = nn.Sequential(

@@ -18,8 +18,9 @@ Three layouts live here:
 
 Small images: the ImageNet stem (7x7 stride-2 conv, 3x3 stride-2 max-pool) divides the resolution
 by 4 before the first block, which would leave a 28x28 image at 7x7 before three more halvings.
-For ``image_size < 64`` every model here uses a 3x3 stride-1 conv and no max-pool instead (the
-usual CIFAR stem). Adaptive average pooling before the classifier makes any input size work.
+For ``image_size < 96`` (the zoo's rule, see :mod:`divekit.models.stems`) every model here uses
+a 3x3 stride-1 conv and no max-pool instead (the usual CIFAR stem). Adaptive average pooling
+before the classifier makes any input size work.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from torch import nn
 from divekit.errors import DivekitError
 from divekit.models.linear import init_xavier
 from divekit.models.registry import register_model
+from divekit.models.stems import uses_small_stem
 
 SECTION = "8.6 Residual Networks (ResNet) and ResNeXt"
-SMALL_IMAGE = 64  # inputs smaller than this get the full-resolution stem
 
 
 def check_positive(**options: int) -> None:
@@ -50,7 +51,7 @@ def stem(in_channels: int, width: int, image_size: int, bias: bool = False) -> l
     Args:
         in_channels: channels of the input image.
         width: channels the stem outputs.
-        image_size: side of the square input; below 64 the small-image stem is used.
+        image_size: side of the square input; below 96 the small-image stem is used.
         bias: whether the conv has a bias (the course's convs do; torchvision's do not, since
             the batch norm that follows has its own shift).
 
@@ -62,7 +63,7 @@ def stem(in_channels: int, width: int, image_size: int, bias: bool = False) -> l
         (7x7/2 conv with padding 3, 3x3/2 max-pool with padding 1) and
         ``(N, in_channels, H, W) -> (N, width, H, W)`` for the small-image stem (3x3/1 conv).
     """
-    if image_size < SMALL_IMAGE:
+    if uses_small_stem(image_size):
         conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=bias)
         pool: nn.Module = nn.Identity()
     else:

@@ -5,9 +5,10 @@ halves the resolution. The network is a sequence of blocks, an adaptive average 
 and a 4096-4096 dropout classifier: torchvision's layout without batch norm, so VGG-11 and
 VGG-16 have the published 132,863,336 and 138,357,544 parameters (3 channels, 1000 classes).
 
-Small inputs (``image_size < 96``) get the small-input variant: the first block keeps its
-resolution (no max-pool), because five halvings turn 28 pixels into nothing. No parameter
-changes; the adaptive pool (the identity at 224) still hands the classifier a 7 x 7 map.
+Small inputs (``image_size < 96``, the zoo's rule in :mod:`divekit.models.stems`) get the
+small-input variant: the first block keeps its resolution (no max-pool), because five halvings
+turn 28 pixels into nothing. No parameter changes; the adaptive pool (the identity at 224) still
+hands the classifier a 7 x 7 map.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from torch import nn
 from divekit.errors import DivekitError
 from divekit.models.linear import init_xavier
 from divekit.models.registry import register_model
+from divekit.models.stems import uses_small_stem
 
 SECTION = "8.2 Networks Using Blocks (VGG)"
-# The zoo's threshold for every chapter-8 model (see alexnet.py), so one rule picks the stem.
-SMALL_IMAGE_SIZE = 96
 
 # (number of 3x3 convs, output channels) per block: the paper's configurations A, B, D, E.
 VGG11 = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
@@ -81,7 +81,7 @@ def vgg(
     """
     if not arch:
         raise DivekitError("vgg needs at least one block in arch")
-    small = image_size < SMALL_IMAGE_SIZE
+    small = uses_small_stem(image_size)
     halvings = len(arch) - 1 if small else len(arch)
     if image_size < 2**halvings:
         raise DivekitError(

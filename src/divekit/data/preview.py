@@ -1,0 +1,113 @@
+"""Image augmentation (course section 14.1): look at a batch of (augmented) training images.
+
+    show_batch(load_data("fashion-mnist"), "batch.png", augment="flip,crop=0.5,mixup")
+
+writes a PNG grid with each image's class name as its title; mixed (soft) labels show the
+strongest class and its weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from divekit.data.augment import parse_augment
+from divekit.data.registry import DataModule
+from divekit.errors import DivekitError
+
+COLUMNS = 8
+CELL_INCHES = (1.4, 1.6)  # width, height of one image with its title
+DPI = 100
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns of the grid for ``n`` images: at most ``COLUMNS`` per row."""
+    columns = min(n, COLUMNS)
+    return math.ceil(n / columns), columns
+
+
+def label_title(label: torch.Tensor, class_names: list[str]) -> str:
+    """Title of one image: its class name, or for a soft label the top class and its weight."""
+    if label.is_floating_point() and label.ndim == 1 and class_names:
+        top = int(label.argmax())
+        return f"{class_names[top]} {float(label[top]):.2f}"
+    if label.numel() != 1:
+        return ""
+    if class_names and not label.is_floating_point():
+        return class_names[int(label)]
+    return f"{float(label):.3g}"
+
+
+def show_batch(
+    data: DataModule,
+    path: str | Path,
+    augment: str | Callable | None = None,
+    n: int = 32,
+    split: str = "train",
+    seed: int = 0,
+) -> Path:
+    """Draw ``n`` random images of a split, augmented, into a PNG grid; returns the path.
+
+    Args:
+        data: an image dataset, inputs ``(N, C, H, W)`` with 1 or 3 channels.
+        path: the PNG to write (folders are created).
+        augment: a spec for :func:`parse_augment` or a callable ``(images, labels) ->
+            (images, labels)``; ``None`` shows the images as stored.
+        n: images to show (fewer if the split is smaller).
+        split: ``train``, ``val`` or ``test``.
+        seed: picks the images and seeds the augmentation (a spec's generator, or torch's
+            global generator, restored afterwards, for a callable).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DivekitError(f"n must be a positive integer, got {n!r}")
+    if split not in ("train", "val", "test") or getattr(data, split) is None:
+        raise DivekitError(f"dataset {data.name!r} has no split {split!r}; choose train, test"
+                           + (", val" if data.val is not None else ""))
+    inputs, targets = getattr(data, split)
+    if inputs.ndim != 4 or inputs.shape[1] not in (1, 3):
+        raise DivekitError(f"show_batch needs images (N, 1 or 3, H, W); dataset {data.name!r} "
+                           f"has inputs of shape {tuple(inputs.shape)}")
+    pick = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))[:n]
+    images, labels = inputs[pick].float(), targets[pick]
+    if isinstance(augment, str):
+        augment = parse_augment(augment, num_classes=data.num_classes, seed=seed)
+    if augment is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            images, labels = augment(images, labels)
+    return _draw(images.detach().cpu(), labels.detach().cpu(), data.class_names, Path(path))
+
+
+def _displayable(image: torch.Tensor) -> torch.Tensor:
+    """``(C, H, W)`` -> ``(H, W)`` or ``(H, W, 3)`` in [0, 1]; normalised images are rescaled."""
+    low, high = float(image.min()), float(image.max())
+    if low < 0 or high > 1:
+        image = (image - low) / max(high - low, 1e-12)
+    return image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
+
+
+def _draw(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows, columns = grid_shape(len(images))
+    fig, axes = plt.subplots(rows, columns, squeeze=False,
+                             figsize=(columns * CELL_INCHES[0], rows * CELL_INCHES[1]))
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < len(images):
+            axis.imshow(_displayable(images[index]).numpy(), cmap="gray", vmin=0, vmax=1,
+                        interpolation="nearest")
+            axis.set_title(label_title(labels[index], class_names), fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=DPI)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
