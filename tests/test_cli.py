@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from divekit.cli import main
 
@@ -241,3 +242,43 @@ def test_summary_prints_the_table_or_json(capsys):
 ])
 def test_summary_errors_are_one_line(capsys, args, fragment):
     one_line_error(*cli(capsys, *args)[::2], fragment)
+
+
+def test_fine_tune_from_a_previous_run(capsys, tmp_path):
+    base = tmp_path / "base"
+    status, _, err = cli(capsys, "train", "small-cnn", *FAST, "--epochs", "1", "--quiet",
+                         "--out", base)
+    assert status == 0, err
+    weights = base / "checkpoints" / "best.pt"
+    status, _, err = cli(capsys, "train", "small-cnn", *FAST, "--epochs", "2", "--quiet",
+                         "--weights", weights, "--freeze", "0.*", "--freeze", "2.*",
+                         "--lr-mult", "13.*=10", "--out", tmp_path / "tuned")
+    assert status == 0, err
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["finetune"] == {"weights": str(weights.resolve()), "freeze": ["0.*", "2.*"]}
+    assert config["trainer"]["lr_mult"] == {"13.*": 10.0}
+    before = torch.load(weights, weights_only=True)["model"]
+    after = torch.load(tmp_path / "tuned" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(before["0.weight"], after["0.weight"])  # frozen first conv
+    assert torch.equal(before["2.weight"], after["2.weight"])  # and its batch-norm scale
+    assert not torch.equal(before["4.weight"], after["4.weight"])  # the rest trained
+    assert not torch.equal(before["13.weight"], after["13.weight"])
+    rows = metric_rows(tmp_path / "tuned")
+    assert float(rows[0]["test_acc"]) > 0.8  # started from trained weights, not from scratch
+    # Resuming re-applies the freezing (the optimizer's groups must match its saved state).
+    status, _, err = cli(capsys, "train", "--resume", tmp_path / "tuned", "--epochs", "3",
+                         "--quiet")
+    assert status == 0, err
+    resumed = torch.load(tmp_path / "tuned" / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["epoch"] == 3 and torch.equal(before["0.weight"], resumed["model"]["0.weight"])
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--weights", "nowhere.safetensors"], "no weights file"),
+    (["--freeze", "encoder.*"], "encoder.*"),
+    (["--lr-mult", "fc.*=ten"], "PATTERN=MULTIPLIER"),
+])
+def test_fine_tuning_mistakes_are_one_line_errors(capsys, tmp_path, flags, fragment):
+    status, _, err = cli(capsys, "train", "small-cnn", *FAST, "--epochs", "1", *flags,
+                         "--out", tmp_path / "r")
+    one_line_error(status, err, fragment)

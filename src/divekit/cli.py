@@ -71,6 +71,16 @@ def _option(text: str) -> tuple[str, Any]:
 _option.__name__ = "KEY=VALUE option"
 
 
+def _lr_mult(text: str) -> tuple[str, float]:
+    pattern, sep, value = text.rpartition("=")
+    if not sep or not pattern:
+        raise ValueError
+    return pattern, _positive_float(value)
+
+
+_lr_mult.__name__ = "PATTERN=MULTIPLIER"
+
+
 def _shape(text: str) -> tuple[int, ...]:
     """``3x224x224`` -> ``(3, 224, 224)``."""
     return tuple(_positive_int(part) for part in text.lower().split("x"))
@@ -112,6 +122,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="stop after this many epochs without improvement")
     add("--augment", metavar="SPEC", help="augment training batches, e.g. "
         "'flip,crop=0.5,jitter=0.4,erase,mixup=0.2' (see `divekit show-batch --help`)")
+    add("--weights", metavar="FILE", help="start from these weights (.safetensors, a state dict "
+        "or a divekit checkpoint); fine-tuning")
+    add("--skip-weights", action="append", metavar="PATTERN",
+        help="parameter names not to load from --weights, e.g. 'fc.*' (repeatable)")
+    add("--freeze", action="append", metavar="PATTERN",
+        help="freeze parameters by name, e.g. 'layer[12].*' (repeatable)")
+    add("--lr-mult", type=_lr_mult, action="append", metavar="PATTERN=X",
+        help="learning rate x X for matching parameters, e.g. 'fc.*=10' (repeatable)")
     add("--val-size", type=float, help="hold out this fraction (or count) of training data")
     add("--seed", type=int)
     add("--device", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -272,6 +290,12 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         config["batch_size"] = args.batch_size
     if args.augment is not None:
         config["augment"] = args.augment
+    weights = None if args.weights is None else str(Path(args.weights).resolve())
+    finetune = {"weights": weights, "skip_weights": args.skip_weights,
+                "freeze": args.freeze}
+    for key, value in finetune.items():
+        if value is not None:
+            config.setdefault("finetune", {})[key] = value
     if args.val_size is not None:
         config["val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
     if args.epochs is not None:
@@ -279,6 +303,8 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
     for flag in TRAINER_FLAGS:
         if getattr(args, flag) is not None:
             config["trainer"][flag] = getattr(args, flag)
+    if args.lr_mult is not None:
+        config["trainer"]["lr_mult"] = dict(args.lr_mult)
     return config
 
 

@@ -17,19 +17,26 @@ from torch import nn
 
 from divekit.data import DataModule, load_data, parse_augment
 from divekit.engine import History, Trainer, load_checkpoint, seed_everything
+from divekit.engine.finetune import apply_finetune
 from divekit.errors import DivekitError
 from divekit.models import create_model, model_info
 
 RUN_KEYS = ("model", "model_options", "data", "data_options", "data_dir", "batch_size",
-            "val_size", "augment", "trainer")
+            "val_size", "augment", "finetune", "trainer")
 
 
 def default_run_dir(model: str, data: str) -> Path:
     return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build(config: dict[str, Any], data_dir: str | None = None) -> tuple[DataModule, nn.Module]:
-    """Load the data and create the (freshly initialised, seeded) model of a run config."""
+def build(config: dict[str, Any], data_dir: str | None = None, *,
+          pretrained: bool = True) -> tuple[DataModule, nn.Module]:
+    """Load the data and create the (seeded) model of a run config.
+
+    A ``finetune`` entry (``weights``, ``skip_weights``, ``freeze``) loads the weights file
+    into the fresh model, unless ``pretrained`` is false (a checkpoint is about to replace
+    them), and freezes the named parameters, which a checkpoint does not record.
+    """
     seed = config["trainer"].get("seed", 0)
     data = load_data(
         config["data"], config["batch_size"], data_dir=data_dir or config.get("data_dir"),
@@ -46,6 +53,11 @@ def build(config: dict[str, Any], data_dir: str | None = None) -> tuple[DataModu
         data.transform = parse_augment(config["augment"], num_classes=data.num_classes)
     seed_everything(seed)
     model = create_model(config["model"], data, **config.get("model_options", {}))
+    finetune = config.get("finetune") or {}
+    if finetune:
+        apply_finetune(model, weights=finetune.get("weights") if pretrained else None,
+                       skip_weights=finetune.get("skip_weights", ()),
+                       freeze_patterns=finetune.get("freeze", ()))
     return data, model
 
 
@@ -56,7 +68,7 @@ def train(config: dict[str, Any], out_dir: Path, *, resume: bool = False,
     # The Trainer checks its settings (device, amp, ...) before any data is read.
     trainer = Trainer(**config["trainer"], out_dir=out_dir, progress=progress,
                       config={key: config.get(key) for key in RUN_KEYS if key != "trainer"})
-    data, model = build(config, data_dir)
+    data, model = build(config, data_dir, pretrained=not resume)
     data.device = trainer.device
     history = trainer.fit(model, data, resume=resume)
     test = trainer.evaluate(model, data.test_dataloader(), prefix="test")
@@ -86,7 +98,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None =
     config["trainer"]["device"] = device
     trainer = Trainer(**config["trainer"], progress=False)
     state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    data, model = build(config, data_dir)
+    data, model = build(config, data_dir, pretrained=False)
     model.load_state_dict(state["model"])
     data.device = trainer.device
     return trainer.evaluate(model, data.test_dataloader(), prefix="test", task=data.task)
@@ -105,7 +117,7 @@ def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str =
     if model_info(config["model"]).task != "language-model":
         raise DivekitError(f"{run_dir} trained {config['model']!r}, which is not a language model")
     state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    data, model = build(config, data_dir)
+    data, model = build(config, data_dir, pretrained=False)
     model.load_state_dict(state["model"])
     level = config.get("data_options", {}).get("level", "word" if config["data"] == "wikitext-2"
                                                else "char")

@@ -8,7 +8,7 @@ import divekit as dk
 from divekit.models import densenet, resnet
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet18-d2l", "resnet-cpu"]
-DENSENETS = ["densenet-d2l", "densenet121"]
+DENSENETS = ["densenet-d2l", "densenet121", "densenet-cpu"]
 BLOCKS = (resnet.Residual, resnet.BasicBlock, resnet.Bottleneck)
 
 
@@ -64,6 +64,19 @@ def resnet_cpu_parameters():
     return total + dense(64, 10)
 
 
+def densenet_cpu_parameters():
+    """densenet-cpu (1 channel, 10 classes): 3x3 stem to 24, 3 blocks of 2 layers, growth 12."""
+    total, c = conv(1, 24, 3) + bn(24), 24
+    for i in range(3):
+        for _ in range(2):
+            total += bn(c) + conv(c, 12, 3, bias=True)  # the course's dense layer keeps a bias
+            c += 12
+        if i < 2:
+            total += bn(c) + conv(c, c // 2, 1)
+            c //= 2
+    return total + bn(c) + dense(c, 10)
+
+
 @pytest.mark.parametrize("name, expected", [
     ("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032),
     ("densenet121", 7_978_856),
@@ -75,7 +88,7 @@ def test_published_imagenet_parameter_counts(name, expected):
 
 @pytest.mark.parametrize("name, formula", [
     ("resnet18-d2l", d2l_resnet18_parameters), ("densenet-d2l", d2l_densenet_parameters),
-    ("resnet-cpu", resnet_cpu_parameters),
+    ("resnet-cpu", resnet_cpu_parameters), ("densenet-cpu", densenet_cpu_parameters),
 ])
 def test_course_parameter_counts_by_formula(name, formula):
     assert dk.count_parameters(dk.create_model(name)) == formula()
@@ -93,6 +106,7 @@ def test_registry_entries():
     assert dk.model_info("resnet18-d2l").input_shape == (1, 96, 96)
     assert dk.model_info("densenet-d2l").input_shape == (1, 96, 96)
     assert dk.model_info("resnet-cpu").input_shape == (1, 28, 28)
+    assert dk.model_info("densenet-cpu").input_shape == (1, 28, 28)
 
 
 @pytest.mark.parametrize("name", RESNETS + DENSENETS)

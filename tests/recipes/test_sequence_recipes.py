@@ -24,9 +24,9 @@ def test_sine_autoregression_errors_grow_with_the_horizon(capsys, tmp_path, one_
 
 
 def test_ngram_perplexities_on_the_time_machine(capsys, tmp_path, monkeypatch):
+    data_dir = str(real_data_dir("timemachine"))
     monkeypatch.setenv("DIVEKIT_DATA", str(tmp_path / "empty"))  # --data-dir must win
-    results = run(capsys, "ngram-timemachine", tmp_path,
-                  "--data-dir", str(real_data_dir("timemachine")))
+    results = run(capsys, "ngram-timemachine", tmp_path, "--data-dir", data_dir)
     assert results["vocab_size"] == 28
     assert results["train_tokens"] + results["held_out_tokens"] == 173_428
     for smoothing in ("add-1", "interpolated"):

@@ -31,6 +31,7 @@ from divekit.engine.checkpoint import (
     set_rng_state,
 )
 from divekit.engine.device import autocast, select_device
+from divekit.engine.finetune import param_groups
 from divekit.engine.history import History
 from divekit.engine.plots import plot_history
 from divekit.engine.progress import ProgressReporter
@@ -50,6 +51,10 @@ class Trainer:
     Args:
         max_epochs: passes over the training set.
         lr: peak learning rate.
+        lr_mult: ``{pattern: multiplier}`` over parameter names: matched parameters train at
+            ``lr * multiplier`` under every schedule, e.g. ``{"fc.*": 10}`` for a new head
+            when fine-tuning (see :func:`divekit.engine.finetune.param_groups`). Frozen
+            parameters (``requires_grad=False``) are left out of the optimizer.
         optimizer: ``sgd``, ``adam``, ``adamw``, ``rmsprop``, ``adagrad``, or a callable
             ``params -> torch.optim.Optimizer``.
         momentum, weight_decay, nesterov: optimizer hyperparameters.
@@ -81,6 +86,7 @@ class Trainer:
         lr: float = 0.1,
         optimizer: str | Callable[[Iterable], torch.optim.Optimizer] = "sgd",
         *,
+        lr_mult: dict[str, float] | None = None,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
@@ -108,6 +114,10 @@ class Trainer:
         if grad_clip is not None and not grad_clip > 0:
             raise DivekitError(f"grad_clip must be positive, got {grad_clip}")
         self.max_epochs, self.lr, self.optimizer_spec = max_epochs, lr, optimizer
+        if lr_mult and callable(optimizer):
+            raise DivekitError("lr_mult needs a named optimizer; build a callable's parameter "
+                               "groups with divekit.engine.finetune.param_groups instead")
+        self.lr_mult = dict(lr_mult) if lr_mult else None
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
         self.schedule, self.warmup_epochs = schedule, warmup_epochs
         self.grad_clip, self.accumulate = grad_clip, accumulate
@@ -317,8 +327,9 @@ class Trainer:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         if callable(self.optimizer_spec):
-            return self.optimizer_spec(self.model.parameters())
-        return build_optimizer(self.optimizer_spec, self.model.parameters(), self.lr,
+            return self.optimizer_spec([p for p in self.model.parameters() if p.requires_grad])
+        return build_optimizer(self.optimizer_spec,
+                               param_groups(self.model, self.lr, self.lr_mult), self.lr,
                                momentum=self.momentum, weight_decay=self.weight_decay,
                                nesterov=self.nesterov)
 
@@ -327,7 +338,7 @@ class Trainer:
         """The resolved settings, as written to ``config.json``."""
         settings = {
             key: getattr(self, key) for key in (
-                "max_epochs", "lr", "momentum", "weight_decay", "nesterov", "schedule",
+                "max_epochs", "lr", "lr_mult", "momentum", "weight_decay", "nesterov", "schedule",
                 "warmup_epochs", "grad_clip", "accumulate", "label_smoothing", "monitor",
                 "amp", "channels_last", "compile", "seed",
             )

@@ -68,3 +68,26 @@ add_recipe(Recipe(
          "(en 1.0.3)",
     target="test acc >= 0.82 (GPU)",
 ))
+
+
+def cpu_run(model: str, epochs: int) -> dict:
+    """Native 28x28 Fashion-MNIST, standardised: one-cycle SGD with Nesterov momentum."""
+    config = training_run(model, "fashion-mnist", 256, max_epochs=epochs, lr=0.2, momentum=0.9,
+                          nesterov=True, weight_decay=5e-4, schedule="onecycle",
+                          channels_last=True)
+    config["data_options"] = {"normalize": True}
+    return config
+
+
+add_recipe(Recipe(
+    "resnet-cpu-fashion-mnist", "8.6 Residual Networks (ResNet) and ResNeXt (CPU-sized)",
+    "resnet-cpu (16-32-64, one basic block per stage) at 28x28, one-cycle SGD, 8 epochs",
+    cpu_run("resnet-cpu", 8),
+    target="test acc >= 0.92 within 10 minutes of training on a 2-core CPU",
+))
+add_recipe(Recipe(
+    "densenet-cpu-fashion-mnist", "8.7 Densely Connected Networks (DenseNet) (CPU-sized)",
+    "densenet-cpu (3 blocks of 2 layers, growth 12) at 28x28, one-cycle SGD, 8 epochs",
+    cpu_run("densenet-cpu", 8),
+    target="test acc >= 0.91 within 10 minutes of training on a 2-core CPU",
+))
