@@ -1,4 +1,4 @@
-"""The fine-tuning recipe (section 14.2) runs end to end on real Fashion-MNIST and MNIST."""
+"""The fine-tuning recipe (section 14.2) runs end to end on real Fashion-MNIST."""
 
 import json
 
@@ -10,16 +10,17 @@ from tests.conftest import real_data_dir
 
 
 @pytest.mark.slow
-def test_finetune_fashion_to_mnist(tmp_path):
-    real_data_dir("fashion-mnist")  # the recipe reads both from DIVEKIT_DATA
-    real_data_dir("mnist")
-    assert main(["recipe", "run", "finetune-fashion-to-mnist", "--out", str(tmp_path)]) == 0
+def test_finetune_fashion_split(tmp_path):
+    real_data_dir("fashion-mnist")
+    assert main(["recipe", "run", "finetune-fashion-split", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["source_test_acc"] > 0.90
-    # Measured 0.960 (fine-tuned) and 0.967 (from scratch); the floors leave room for seeds.
-    # Fashion-MNIST's features give digits no head start, so the test holds the two together
-    # instead of claiming a gain this pair of datasets does not show.
-    assert results["finetuned_test_acc"] > 0.94
-    assert results["scratch_test_acc"] > 0.95
-    assert abs(results["gain"]) < 0.03
+    assert results["source_test_acc"] > 0.95
+    # Five target classes: chance is 0.2. Measured on subset seeds 0, 1, 2 (2,000 test images):
+    # fine-tuned 0.624, 0.613, 0.648; from scratch 0.576, 0.592, 0.583. Seed 0 on all 5,000:
+    # 0.621 and 0.583.
+    assert results["finetuned_test_acc"] > 0.58
+    assert results["scratch_test_acc"] > 0.50
+    assert results["gain"] > 0.02
+    assert results["finetuned_test_acc"] == pytest.approx(
+        results["scratch_test_acc"] + results["gain"])
     assert (tmp_path / "pretrained.safetensors").stat().st_size > 0

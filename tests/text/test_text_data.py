@@ -75,11 +75,72 @@ def test_timemachine_word_level_and_options():
 @pytest.mark.parametrize("options, message", [
     ({"level": "sentence"}, "token level"), ({"num_steps": 0}, "num_steps"),
     ({"val_fraction": 1.0}, "val_fraction"), ({"max_tokens": -1}, "max_tokens"),
-    ({"stride": 2}, "no option stride"),
+    ({"stride": 0}, "stride"), ({"stride": 1.5}, "stride"),
+    ({"num_train": 10}, "no option num_train"),
 ])
 def test_bad_options_are_divekit_errors(options, message):
     with pytest.raises(DivekitError, match=message):
         load_data("embedded-text", **options)
+
+
+def windows_by_loop(stream, num_steps, stride):
+    """The d2l 1.0 construction: a (num_steps + 1)-token slice at every stride-th position."""
+    chunks = [stream[i : i + num_steps + 1] for i in range(0, len(stream) - num_steps, stride)]
+    array = torch.stack(chunks)
+    return array[:, :-1], array[:, 1:]
+
+
+@pytest.mark.parametrize("length, num_steps, stride", [
+    (103, 5, 5), (103, 5, 1), (103, 5, 2), (103, 5, 7), (100, 5, 5), (6, 5, 1), (6, 5, 3),
+    (40, 1, 1), (40, 3, None),
+])
+def test_windows_equal_the_slicing_loop(length, num_steps, stride):
+    stream = torch.randint(0, 50, (length,), generator=torch.Generator().manual_seed(length))
+    X, Y = text_data.windows(stream, num_steps, stride)
+    expected_X, expected_Y = windows_by_loop(stream, num_steps, stride or num_steps)
+    assert torch.equal(X, expected_X) and torch.equal(Y, expected_Y)
+    assert len(X) == (length - num_steps - 1) // (stride or num_steps) + 1
+
+
+def test_windows_refuse_bad_arguments():
+    with pytest.raises(DivekitError, match="too short"):
+        text_data.windows(torch.arange(5), 5)
+    with pytest.raises(DivekitError, match="stride"):
+        text_data.windows(torch.arange(50), 5, 0)
+
+
+def test_timemachine_book_windows_match_d2l():
+    """d2l 1.0's TimeMachine(num_steps=32): every window; 10,000 train, the next 5,000 validate."""
+    chars = re.sub("[^A-Za-z]+", " ", timemachine_text()).lower()
+    data = load_real("timemachine", num_steps=32, stride=1, num_train=10000, num_val=5000)
+    stream = torch.tensor(data.vocab[list(chars)])
+    X, Y = windows_by_loop(stream[:15032], 32, 1)  # the first 15,000 windows
+    assert torch.equal(data.train[0], X[:10000]) and torch.equal(data.train[1], Y[:10000])
+    assert torch.equal(data.val[0], X[10000:15000]) and torch.equal(data.val[1], Y[10000:15000])
+    assert "".join(data.vocab.to_tokens(data.val[0][0])) == chars[10000:10032]
+    # The samplers see only the text of the training windows; the test split is unchanged.
+    assert torch.equal(data.corpus, stream[:10032])
+    default = load_real("timemachine", num_steps=32)
+    assert torch.equal(data.test[0], default.test[0]) and default.val is None
+    no_val = load_real("timemachine", num_steps=32, stride=4, num_train=100)
+    assert no_val.val is None and torch.equal(no_val.train[0][1], stream[4:36])
+
+
+def test_timemachine_strided_training_windows():
+    data = load_real("timemachine", num_steps=10, stride=3)
+    assert len(data.train[0]) == (len(data.corpus) - 11) // 3 + 1
+    assert torch.equal(data.train[0][:1000], windows_by_loop(data.corpus[:3008], 10, 3)[0])
+    assert len(data.test[0]) == len(load_real("timemachine", num_steps=10).test[0])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"num_val": 5000}, "num_val needs num_train"),
+    ({"num_train": -1}, "num_train"),
+    ({"num_train": 150000, "num_val": 10000}, r"num_train \+ num_val = 160000 windows"),
+])
+def test_bad_book_split_options(options, message):
+    with pytest.raises(DivekitError, match=message):
+        load_real("timemachine", stride=1, **options)
 
 
 def test_missing_timemachine_offline_names_file_folder_and_remedy(tmp_path):

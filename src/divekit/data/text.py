@@ -1,8 +1,9 @@
 """9.2-9.3 Text as sequence data: language-model datasets and the two minibatch samplers.
 
-Every dataset here is one stream of token indices cut into consecutive windows of
-``num_steps`` tokens; the target of each window is the same window shifted by one token, so a
-model learns to predict the next token. Four datasets are registered:
+Every dataset here is one stream of token indices cut into windows of ``num_steps`` tokens
+(consecutive by default, overlapping with ``stride``); the target of each window is the same
+window shifted by one token, so a model learns to predict the next token. Four datasets are
+registered:
 
 * ``timemachine``: H. G. Wells, *The Time Machine* (the course's corpus), preprocessed as the
   course does (letters only, lower case); the last ``val_fraction`` of the stream is the test
@@ -49,8 +50,9 @@ class TextDataModule(DataModule):
 
     Attributes:
         vocab: maps tokens to the indices in the tensors.
-        corpus: the whole training stream of token indices, shape ``(num_tokens,)``, for
-            :func:`random_batches` and :func:`sequential_batches`.
+        corpus: the training stream of token indices (the text the training windows are cut
+            from), shape ``(num_tokens,)``, for :func:`random_batches` and
+            :func:`sequential_batches`.
     """
 
     vocab: Vocab | None = None
@@ -67,30 +69,55 @@ def _check_positive(name: str, value: int) -> None:
         raise DivekitError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _check_options(level: str, num_steps: int, max_tokens: int, val_fraction: float) -> None:
+def _check_count(name: str, value: int, zero_means: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DivekitError(f"{name} must be 0 ({zero_means}) or a positive integer, "
+                           f"got {value!r}")
+
+
+def _check_options(level: str, num_steps: int, max_tokens: int, val_fraction: float,
+                   stride: int | None = None, num_train: int = 0, num_val: int = 0) -> None:
     if level not in LEVELS:
         raise DivekitError(f"token level must be 'char' or 'word', got {level!r}")
     _check_positive("num_steps", num_steps)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise DivekitError(f"max_tokens must be 0 (all) or a positive integer, got {max_tokens!r}")
+    _check_count("max_tokens", max_tokens, "all")
     if not 0 < val_fraction < 1:
         raise DivekitError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if stride is not None:
+        _check_positive("stride", stride)
+    _check_count("num_train", num_train, "every window")
+    _check_count("num_val", num_val, "no validation split")
+    if num_val and not num_train:
+        raise DivekitError("num_val needs num_train: the validation windows are the ones right "
+                           "after the first num_train training windows")
 
 
-def windows(stream: torch.Tensor, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut a token stream into consecutive, non-overlapping input windows and their targets.
+def windows(
+    stream: torch.Tensor, num_steps: int, stride: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a token stream into input windows that start ``stride`` tokens apart, and their targets.
+
+    The default ``stride = num_steps`` gives consecutive, non-overlapping windows; ``stride = 1``
+    gives a window at every position, as d2l 1.0's ``TimeMachine`` does.
 
     Args:
-        stream: token indices, shape ``(num_tokens,)``.
+        stream: token indices, shape ``(num_tokens,)`` with ``num_tokens > num_steps``.
         num_steps: tokens per window.
+        stride: tokens between the starts of neighbouring windows (default ``num_steps``).
 
     Returns:
-        ``(X, Y)`` of shape ``(n, num_steps)`` with ``n = (num_tokens - 1) // num_steps``,
-        ``X[i] = stream[i*num_steps : (i+1)*num_steps]`` and ``Y[i]`` the same shifted by one.
+        ``(X, Y)`` of shape ``(n, num_steps)`` with ``n = (num_tokens - num_steps - 1) // stride
+        + 1``, ``X[i] = stream[i*stride : i*stride + num_steps]`` and ``Y[i]`` the same shifted
+        by one token. Both are views of ``stream``: overlapping windows cost no memory.
     """
-    n = (len(stream) - 1) // num_steps
-    return (stream[: n * num_steps].reshape(n, num_steps),
-            stream[1 : n * num_steps + 1].reshape(n, num_steps))
+    _check_positive("num_steps", num_steps)
+    stride = num_steps if stride is None else stride
+    _check_positive("stride", stride)
+    if len(stream) <= num_steps:
+        raise DivekitError(f"a stream of {len(stream)} tokens is too short for one window of "
+                           f"num_steps={num_steps} plus its target")
+    chunks = stream.unfold(0, num_steps + 1, stride)
+    return chunks[:, :-1], chunks[:, 1:]
 
 
 def build_language_model(
@@ -98,17 +125,21 @@ def build_language_model(
     splits: dict[str, list[str]],
     num_steps: int,
     reserved_tokens: Sequence[str] = (),
+    stride: int | None = None,
 ) -> TextDataModule:
     """Index token splits with a vocabulary of the training tokens and cut them into windows.
 
     The vocabulary sees only ``splits["train"]``, so tokens that occur only in the held-out
-    splits become ``"<unk>"``, as they would for truly unseen text.
+    splits become ``"<unk>"``, as they would for truly unseen text. Held-out splits are always
+    cut into non-overlapping windows, so every held-out token is predicted once.
 
     Args:
         name: the dataset's name.
         splits: ``"train"``, ``"test"`` and optionally ``"val"`` -> token lists.
         num_steps: tokens per window.
         reserved_tokens: passed to :class:`Vocab`, e.g. ``("<eos>",)``.
+        stride: tokens between the starts of neighbouring training windows (see
+            :func:`windows`); default ``num_steps``.
     """
     vocab = Vocab(splits["train"], reserved_tokens=reserved_tokens)
     streams = {split: torch.tensor(vocab[tokens], dtype=torch.long)
@@ -120,20 +151,41 @@ def build_language_model(
                             "smaller num_steps or more text")
     val = windows(streams["val"], num_steps) if "val" in streams else None
     return TextDataModule(
-        name, train=windows(streams["train"], num_steps), test=windows(streams["test"], num_steps),
+        name, train=windows(streams["train"], num_steps, stride),
+        test=windows(streams["test"], num_steps),
         val=val, task="language-model", class_names=list(vocab.idx_to_token), vocab=vocab,
         corpus=streams["train"],
     )
 
 
 def _split_stream(
-    name: str, tokens: list[str], num_steps: int, max_tokens: int, val_fraction: float
+    name: str, tokens: list[str], num_steps: int, max_tokens: int, val_fraction: float,
+    stride: int | None = None, num_train: int = 0, num_val: int = 0,
 ) -> TextDataModule:
-    """Keep the first ``max_tokens`` tokens; the last ``val_fraction`` of them is the test split."""
+    """Keep the first ``max_tokens`` tokens; the last ``val_fraction`` of them is the test split.
+
+    With ``num_train`` the training windows are only the first ``num_train`` of the training
+    stream's windows, and the ``num_val`` after them are the validation split: d2l 1.0's
+    ``TimeMachine(num_train=10000, num_val=5000)`` with ``stride=1``.
+    """
     if max_tokens:
         tokens = tokens[:max_tokens]
     cut = len(tokens) - round(val_fraction * len(tokens))
-    return build_language_model(name, {"train": tokens[:cut], "test": tokens[cut:]}, num_steps)
+    data = build_language_model(name, {"train": tokens[:cut], "test": tokens[cut:]}, num_steps,
+                                stride=stride)
+    if not num_train:
+        return data
+    X, Y = data.train
+    if num_train + num_val > len(X):
+        raise DivekitError(f"num_train + num_val = {num_train + num_val} windows, but the "
+                           f"training stream of {name} has only {len(X)} (num_steps={num_steps}, "
+                           f"stride={stride or num_steps})")
+    data.train = X[:num_train], Y[:num_train]
+    data.val = (X[num_train : num_train + num_val], Y[num_train : num_train + num_val]) \
+        if num_val else None
+    # The samplers must not read the validation windows' text.
+    data.corpus = data.corpus[: (num_train - 1) * (stride or num_steps) + num_steps + 1]
+    return data
 
 
 def _read_text(path: Path) -> str:
@@ -173,8 +225,15 @@ def timemachine(
     num_steps: int = 35,
     max_tokens: int = 0,
     val_fraction: float = 0.1,
+    stride: int | None = None,
+    num_train: int = 0,
+    num_val: int = 0,
 ) -> TextDataModule:
     """The Time Machine (H. G. Wells): 173,428 characters / 32,775 words, the course's corpus.
+
+    ``stride=1, num_train=10000, num_val=5000, num_steps=32`` is d2l 1.0's
+    ``TimeMachine(batch_size, num_steps=32)``: a window at every character, the first 10,000
+    train and the next 5,000 validate (the test split stays the last ``val_fraction``).
 
     Args:
         data_dir: folder holding the ``timemachine/`` sub-folder.
@@ -182,11 +241,15 @@ def timemachine(
         num_steps: tokens per window.
         max_tokens: keep only the first this many tokens (0 = all).
         val_fraction: the last this fraction of the token stream is the test split.
+        stride: tokens between the starts of neighbouring training windows; default
+            ``num_steps`` (non-overlapping), 1 = a window at every token.
+        num_train: train on only the first this many windows (0 = all of them).
+        num_val: the windows right after those are the validation split (needs ``num_train``).
     """
-    _check_options(level, num_steps, max_tokens, val_fraction)
+    _check_options(level, num_steps, max_tokens, val_fraction, stride, num_train, num_val)
     text = preprocess_timemachine(_read_text(fetch_timemachine(data_dir)))
     return _split_stream("timemachine", tokenize(text, level), num_steps, max_tokens,
-                         val_fraction)
+                         val_fraction, stride, num_train, num_val)
 
 
 def _wikitext_tokens(path: Path) -> list[str]:
@@ -241,6 +304,7 @@ def text_file(
     num_steps: int = 35,
     max_tokens: int = 0,
     val_fraction: float = 0.1,
+    stride: int | None = None,
 ) -> TextDataModule:
     """Your own UTF-8 text file as a language-modelling corpus (option ``path``).
 
@@ -253,17 +317,20 @@ def text_file(
         num_steps: tokens per window.
         max_tokens: keep only the first this many tokens (0 = all).
         val_fraction: the last this fraction of the token stream is the test split.
+        stride: tokens between the starts of neighbouring training windows (default
+            ``num_steps``).
     """
     if path is None:
         raise DivekitError("dataset 'text-file' needs the option path=<your text file>")
-    _check_options(level, num_steps, max_tokens, val_fraction)
+    _check_options(level, num_steps, max_tokens, val_fraction, stride)
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"text file {file} does not exist")
     text = _read_text(file)
     if preprocess:
         text = preprocess_timemachine(text)
-    return _split_stream("text-file", tokenize(text, level), num_steps, max_tokens, val_fraction)
+    return _split_stream("text-file", tokenize(text, level), num_steps, max_tokens, val_fraction,
+                         stride)
 
 
 def python_reference_text() -> str:
@@ -291,6 +358,7 @@ def embedded_text(
     num_steps: int = 35,
     max_tokens: int = 0,
     val_fraction: float = 0.1,
+    stride: int | None = None,
 ) -> TextDataModule:
     """Embedded: Python's reference documentation, preprocessed like The Time Machine.
 
@@ -304,11 +372,13 @@ def embedded_text(
         num_steps: tokens per window.
         max_tokens: keep only the first this many tokens (0 = all).
         val_fraction: the last this fraction of the token stream is the test split.
+        stride: tokens between the starts of neighbouring training windows (default
+            ``num_steps``).
     """
-    _check_options(level, num_steps, max_tokens, val_fraction)
+    _check_options(level, num_steps, max_tokens, val_fraction, stride)
     text = preprocess_timemachine(python_reference_text())
     return _split_stream("embedded-text", tokenize(text, level), num_steps, max_tokens,
-                         val_fraction)
+                         val_fraction, stride)
 
 
 def _check_corpus(corpus: torch.Tensor, batch_size: int, num_steps: int) -> torch.Tensor:

@@ -65,4 +65,11 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-from divekit.recipes import classic, finetune, scratch, sequence, zoo  # noqa: E402, F401  (registration)
+from divekit.recipes import (  # noqa: E402, F401  (registration)
+    classic,
+    finetune,
+    language,
+    scratch,
+    sequence,
+    zoo,
+)
