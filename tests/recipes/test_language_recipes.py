@@ -96,11 +96,3 @@ def test_book_recipe_reaches_the_books_validation_perplexity(name, bound, one_th
     history = train_recipe(name)
     assert history[-1]["val_ppl"] <= bound
     assert history[-1]["train_ppl"] < history[-1]["val_ppl"]
-
-
-# About 4.5 minutes on one thread of a lightly loaded 2-core CPU (measured 3.785 in 5.6 minutes
-# with the machine shared); held out: the last 10% of the book.
-@pytest.mark.slow
-def test_tuned_recipe_reaches_its_held_out_perplexity(one_thread):
-    history = train_recipe("timemachine-char-fast")
-    assert history[-1]["test_ppl"] <= 3.8

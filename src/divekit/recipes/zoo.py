@@ -87,7 +87,7 @@ add_recipe(Recipe(
 ))
 add_recipe(Recipe(
     "densenet-cpu-fashion-mnist", "8.7 Densely Connected Networks (DenseNet) (CPU-sized)",
-    "densenet-cpu (3 blocks of 2 layers, growth 12) at 28x28, one-cycle SGD, 8 epochs",
-    cpu_run("densenet-cpu", 8),
+    "densenet-cpu (3 blocks of 2 layers, growth 12) at 28x28, one-cycle SGD, 5 epochs",
+    cpu_run("densenet-cpu", 5),
     target="test acc >= 0.91 within 10 minutes of training on a 2-core CPU",
 ))
