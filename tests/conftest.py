@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from divekit.data import DataModule
+from divekit.data.vision import FASHION_MNIST
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +60,15 @@ def small_cnn(num_classes: int = 4, dropout: float = 0.3) -> torch.nn.Module:
         torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
         torch.nn.Flatten(), torch.nn.Dropout(dropout), torch.nn.Linear(4 * 64, num_classes),
     )
+
+
+def fake_fashion(num_train: int, num_test: int, batch_size: int) -> DataModule:
+    """Random 28x28 grey images with Fashion-MNIST's classes: the real set's shapes."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n):
+        return (torch.rand(n, 1, 28, 28, generator=generator),
+                torch.randint(0, 10, (n,), generator=generator))
+
+    return DataModule("fake", train=split(num_train), test=split(num_test),
+                      batch_size=batch_size, class_names=FASHION_MNIST.classes)

@@ -6,20 +6,7 @@ import torch.nn.functional as F
 
 from divekit.data import DataModule
 from divekit.errors import DivekitError
-
-CLASSES = [str(i) for i in range(10)]
-
-
-def fake_fashion(num_train: int, num_test: int, batch_size: int) -> DataModule:
-    """Random 28x28 grey images in 10 classes: the real set's shapes."""
-    generator = torch.Generator().manual_seed(0)
-
-    def split(n):
-        return (torch.rand(n, 1, 28, 28, generator=generator),
-                torch.randint(0, 10, (n,), generator=generator))
-
-    return DataModule("fake", train=split(num_train), test=split(num_test),
-                      batch_size=batch_size, class_names=CLASSES)
+from tests.conftest import fake_fashion
 
 
 def test_resized_loaders_resize_every_split_and_keep_the_labels():

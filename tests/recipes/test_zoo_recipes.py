@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from divekit.data import DataModule, load_data
+from divekit.data import load_data
 from divekit.engine import Trainer
 from divekit.models import create_model, model_info
 from divekit.recipes import get_recipe, list_recipes
-from tests.conftest import real_data_dir
+from tests.conftest import fake_fashion, real_data_dir
 
 # The book's settings (reference/book-results.md, train_ch6 tables): model, resize, batch, lr,
 # and the test accuracy printed by d2l-zh 2.0.0.
@@ -22,22 +22,6 @@ BOOK = {
     "densenet-fashion-mnist": ("densenet-d2l", 96, 256, 0.1, "0.885"),
 }
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
-           "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-
-
-def fake_fashion(num_train: int, num_test: int, batch_size: int) -> DataModule:
-    """Random 28x28 grey images with Fashion-MNIST's classes: the real set's shapes."""
-    generator = torch.Generator().manual_seed(0)
-
-    def split(n):
-        return (torch.rand(n, 1, 28, 28, generator=generator),
-                torch.randint(0, 10, (n,), generator=generator))
-
-    return DataModule("fake", train=split(num_train), test=split(num_test),
-                      batch_size=batch_size, class_names=CLASSES)
-
 
 def test_every_chapter_8_model_has_a_recipe():
     assert set(BOOK) <= set(list_recipes("*-fashion-mnist"))
