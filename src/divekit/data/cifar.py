@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from divekit.data.download import download, file_digest
-from divekit.data.paths import data_root, downloads_allowed
+from divekit.data.download import fetch_missing, verify_digest
+from divekit.data.paths import data_root
 from divekit.data.registry import DataModule, register_dataset
 from divekit.errors import DataError
 
@@ -118,12 +118,7 @@ def fetch_cifar10(data_dir: str | None = None) -> dict[str, tuple[str, bytes]]:
     missing = [name for name in FILES if not (folder / name).is_file()]
     if not missing:
         return _read_folder(folder)
-    reason = " Downloads are off (DIVEKIT_OFFLINE is set)."
-    if not archive.is_file() and downloads_allowed():
-        try:
-            download(CIFAR10_URL, archive, md5=CIFAR10_MD5, timeout=20)
-        except DataError as e:
-            reason = f" Downloading it failed: {e}"
+    reason = fetch_missing(CIFAR10_URL, archive, CIFAR10_MD5)
     if not archive.is_file():
         partial = (f" The folder {folder} lacks {', '.join(missing)}." if folder.is_dir() else "")
         raise DataError(
@@ -131,10 +126,7 @@ def fetch_cifar10(data_dir: str | None = None) -> dict[str, tuple[str, bytes]]:
             f"from {CIFAR10_URL} (or its extracted {FOLDER}/ folder) in {root}, or point "
             "--data-dir / DIVEKIT_DATA at a folder that has a 'cifar-10' sub-folder."
         )
-    actual = file_digest(archive)
-    if actual != CIFAR10_MD5:
-        raise DataError(f"{archive} has md5 {actual}, expected {CIFAR10_MD5}: the file is corrupt "
-                        "or not the original; delete it and fetch it again")
+    verify_digest(archive, CIFAR10_MD5)
     return _read_archive(archive)
 
 

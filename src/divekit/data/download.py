@@ -14,9 +14,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from divekit.data.paths import downloads_allowed
 from divekit.errors import DataError
 
-__all__ = ["download", "file_digest"]
+__all__ = ["download", "fetch_missing", "file_digest", "verify_digest"]
 
 _USER_AGENT = "divekit"
 
@@ -28,6 +29,32 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_digest(path: Path, expected: str, algorithm: str = "md5") -> None:
+    """Raise :class:`DataError` unless the file's digest is the published ``expected``."""
+    actual = file_digest(path, algorithm)
+    if actual != expected:
+        raise DataError(f"{path} has {algorithm} {actual}, expected {expected}: the file is "
+                        "corrupt or not the original; delete it and fetch it again")
+
+
+def fetch_missing(url: str, dest: Path, md5: str) -> str:
+    """Download ``url`` to ``dest`` if the file is missing and downloads are allowed.
+
+    Returns:
+        ``""`` when ``dest`` is there, else why it is not, as a sentence to end the caller's
+        "file missing" message with (downloads are off, or the download's error).
+    """
+    if dest.is_file():
+        return ""
+    if not downloads_allowed():
+        return " Downloads are off (DIVEKIT_OFFLINE is set)."
+    try:
+        download(url, dest, md5=md5, timeout=20)
+    except DataError as e:
+        return f" Downloading it failed: {e}"
+    return ""
 
 
 def download(url: str, dest: Path, *, md5: str | None = None, sha256: str | None = None,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from divekit.data.download import download, file_digest
-from divekit.data.paths import data_root, downloads_allowed
+from divekit.data.download import fetch_missing, verify_digest
+from divekit.data.paths import data_root
 from divekit.data.registry import DataModule, register_dataset
 from divekit.errors import DataError, DivekitError
 from divekit.text.tokenize import LEVELS, preprocess_timemachine, tokenize
@@ -199,22 +199,14 @@ def fetch_timemachine(data_dir: str | None = None) -> Path:
     """Return the path of the verified ``timemachine.txt``, downloading it when it is missing."""
     root = data_root(data_dir) / "timemachine"
     path = root / "timemachine.txt"
-    reason = " Downloads are off (DIVEKIT_OFFLINE is set)."
-    if not path.is_file() and downloads_allowed():
-        try:
-            download(TIMEMACHINE_URL, path, md5=TIMEMACHINE_MD5, timeout=20)
-        except DataError as e:
-            reason = f" Downloading it failed: {e}"
+    reason = fetch_missing(TIMEMACHINE_URL, path, TIMEMACHINE_MD5)
     if not path.is_file():
         raise DataError(
             f"timemachine file missing in {root}: timemachine.txt.{reason} Put the original "
             f"file from {TIMEMACHINE_URL} in that folder, or point --data-dir / DIVEKIT_DATA "
             "at a folder that has a 'timemachine' sub-folder."
         )
-    actual = file_digest(path, "sha1")
-    if actual != TIMEMACHINE_SHA1:
-        raise DataError(f"{path} has sha1 {actual}, expected {TIMEMACHINE_SHA1}: the file is "
-                        "corrupt or not the original; delete it and fetch it again")
+    verify_digest(path, TIMEMACHINE_SHA1, "sha1")
     return path
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from divekit.data.download import download, file_digest
-from divekit.data.paths import data_root, downloads_allowed
+from divekit.data.download import fetch_missing, verify_digest
+from divekit.data.paths import data_root
 from divekit.data.registry import DataModule, register_dataset
 from divekit.errors import DataError
 
@@ -62,15 +62,11 @@ class IdxDataset:
     def fetch(self, data_dir: str | None) -> Path:
         """Return the folder holding all four verified files, downloading missing ones."""
         root = data_root(data_dir) / self.folder
+        for name, md5 in self.md5.items():
+            reason = fetch_missing(self.base_url + name, root / name, md5)
+            if reason:  # offline, or the mirror failed: the others would fail alike
+                break
         missing = [name for name in self.md5 if not (root / name).is_file()]
-        reason = " Downloads are off (DIVEKIT_OFFLINE is set)."
-        if missing and downloads_allowed():
-            try:
-                for name in missing:
-                    download(self.base_url + name, root / name, md5=self.md5[name], timeout=20)
-                missing = []
-            except DataError as e:
-                reason = f" Downloading them failed: {e}"
         if missing:
             raise DataError(
                 f"{self.folder} files missing in {root}: {', '.join(missing)}.{reason} "
@@ -78,12 +74,7 @@ class IdxDataset:
                 f"--data-dir / DIVEKIT_DATA at a folder that has a '{self.folder}' sub-folder."
             )
         for name, expected in self.md5.items():
-            actual = file_digest(root / name)
-            if actual != expected:
-                raise DataError(
-                    f"{root / name} has md5 {actual}, expected {expected}: the file is corrupt "
-                    "or not the original; delete it and fetch it again"
-                )
+            verify_digest(root / name, expected)
         return root
 
     def load(self, data_dir: str | None, name: str) -> DataModule:
