@@ -47,10 +47,13 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("recipe")
 
 
-def training_run(model: str, data: str, batch_size: int, **trainer: Any) -> dict[str, Any]:
-    """A run config with default model and data options: what most recipes are."""
-    return {"model": model, "model_options": {}, "data": data, "data_options": {},
-            "batch_size": batch_size, "val_size": 0, "trainer": trainer}
+def training_run(model: str, data: str, batch_size: int, *,
+                 model_options: dict[str, Any] | None = None,
+                 data_options: dict[str, Any] | None = None, **trainer: Any) -> dict[str, Any]:
+    """A run config: the model and data by name and options, and the Trainer's settings."""
+    return {"model": model, "model_options": dict(model_options or {}), "data": data,
+            "data_options": dict(data_options or {}), "batch_size": batch_size, "val_size": 0,
+            "trainer": trainer}
 
 
 def add_recipe(recipe: Recipe) -> Recipe:

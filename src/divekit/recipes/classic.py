@@ -50,9 +50,8 @@ add_recipe(Recipe(
 add_recipe(Recipe(
     "fashion-mnist-fast", "8.5 Batch Normalization (modern small CNN)",
     "small-cnn (conv-pool-BN-ReLU x3), one-cycle SGD + Nesterov, channels_last: >= 0.91 in < 60 s",
-    {"model": "small-cnn", "model_options": {}, "data": "fashion-mnist",
-     "data_options": {"normalize": True}, "batch_size": 256, "val_size": 0,
-     "trainer": {"max_epochs": 5, "lr": 0.2, "momentum": 0.9, "nesterov": True,
-                 "weight_decay": 5e-4, "schedule": "onecycle", "channels_last": True}},
+    _run("small-cnn", "fashion-mnist", 256, data_options={"normalize": True}, max_epochs=5,
+         lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
+         channels_last=True),
     target="test acc >= 0.91 within 60 s of training on a 2-core CPU",
 ))

@@ -26,11 +26,10 @@ def book_run(model: str, lr: float, max_epochs: int, num_layers: int = 1) -> dic
         max_epochs: passes over the 10,000 training windows (10 batches each).
         num_layers: stacked recurrent layers of 32 units.
     """
-    config = training_run(model, "timemachine", 1024, optimizer="sgd", lr=lr, grad_clip=1.0,
-                          max_epochs=max_epochs)
-    config["model_options"] = {"hidden_size": 32, "num_layers": num_layers}
-    config["data_options"] = dict(BOOK_DATA)
-    return config
+    return training_run(model, "timemachine", 1024,
+                        model_options={"hidden_size": 32, "num_layers": num_layers},
+                        data_options=BOOK_DATA, optimizer="sgd", lr=lr, grad_clip=1.0,
+                        max_epochs=max_epochs)
 
 
 add_recipe(Recipe(
@@ -67,12 +66,11 @@ add_recipe(Recipe(
     "2-layer LSTM of 256 units on learned 64-d character embeddings, dropout 0.3, 256-step "
     "windows every 64 characters, AdamW one-cycle, 4 epochs: perplexity 3.79 on the last 10% "
     "of the book",
-    {"model": "lstm-lm",
-     "model_options": {"hidden_size": 256, "num_layers": 2, "embedding_dim": 64,
-                       "dropout": 0.3},
-     "data": "timemachine", "data_options": {"num_steps": 256, "stride": 64},
-     "batch_size": 16, "val_size": 0,
-     "trainer": {"max_epochs": 4, "optimizer": "adamw", "lr": 0.006, "weight_decay": 0.05,
-                 "schedule": "onecycle", "grad_clip": 1.0}},
+    training_run("lstm-lm", "timemachine", 16,
+                 model_options={"hidden_size": 256, "num_layers": 2, "embedding_dim": 64,
+                                "dropout": 0.3},
+                 data_options={"num_steps": 256, "stride": 64},
+                 max_epochs=4, optimizer="adamw", lr=0.006, weight_decay=0.05,
+                 schedule="onecycle", grad_clip=1.0),
     target="test ppl (the last 10% of the book) <= 3.8 in about 5 minutes on one CPU thread",
 ))

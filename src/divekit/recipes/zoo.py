@@ -17,9 +17,8 @@ from divekit.recipes import Recipe, add_recipe, training_run
 
 def book_run(model: str, size: int, batch_size: int, lr: float) -> dict:
     """The book's chapter-8 setting: Fashion-MNIST at ``size``, 10 epochs of SGD."""
-    config = training_run(model, "fashion-mnist", batch_size, max_epochs=10, lr=lr)
-    config["data_options"] = {"resize": size}
-    return config
+    return training_run(model, "fashion-mnist", batch_size, data_options={"resize": size},
+                        max_epochs=10, lr=lr)
 
 
 add_recipe(Recipe(
@@ -72,11 +71,9 @@ add_recipe(Recipe(
 
 def cpu_run(model: str, epochs: int) -> dict:
     """Native 28x28 Fashion-MNIST, standardised: one-cycle SGD with Nesterov momentum."""
-    config = training_run(model, "fashion-mnist", 256, max_epochs=epochs, lr=0.2, momentum=0.9,
-                          nesterov=True, weight_decay=5e-4, schedule="onecycle",
-                          channels_last=True)
-    config["data_options"] = {"normalize": True}
-    return config
+    return training_run(model, "fashion-mnist", 256, data_options={"normalize": True},
+                        max_epochs=epochs, lr=0.2, momentum=0.9, nesterov=True,
+                        weight_decay=5e-4, schedule="onecycle", channels_last=True)
 
 
 add_recipe(Recipe(
