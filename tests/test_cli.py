@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from divekit.cli import main
+from divekit.engine import load_checkpoint
 
 FAST = ["--data", "digits", "--batch-size", "64", "--lr", "0.3", "--momentum", "0.9"]
 
@@ -74,6 +75,7 @@ def test_list(capsys):
      (["train", "lenet", "--lr", "fast"], ["--lr", "fast"]),
      (["train", "lenet", "--amp", "fp8"], ["fp8", "'off', 'bf16', 'fp16'"]),
      (["train", "lenet", "--device", "tpu"], ["unknown device 'tpu'"]),
+     (["train", "lenet", "--ema", "1.5"], ["ema is the decay", "(0, 1)", "0.99"]),
      (["train"], ["name a model"]),
      (["train", "lenet", "--data", "synthetic-regression"],
       ["'lenet' is a classification model", "regression data"]),
@@ -166,6 +168,21 @@ def test_train_a_language_model_and_generate(tmp_path, capsys):
     assert sampled[0] == sampled[1]  # seeded sampling is reproducible
     status, _, err = cli(capsys, "generate", run, "--temperature", "0")
     one_line_error(status, err, "--temperature")
+
+
+def test_ema_run_reports_evaluates_and_generates_with_the_weight_average(tmp_path, capsys):
+    run = tmp_path / "lm"
+    status, out, _ = cli(capsys, "train", "gru-lm", "--data", "embedded-text", "--epochs", "1",
+                         "--batch-size", "32", "--optimizer", "adam", "--lr", "0.02",
+                         "--ema", "0.9", "--out", run, "--quiet")
+    assert status == 0
+    last = out.strip().splitlines()[-1]
+    assert json.loads((run / "config.json").read_text())["trainer"]["ema"] == 0.9
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert set(state["ema"]) == set(state["model"])
+    assert not torch.equal(state["ema"]["output.weight"], state["model"]["output.weight"])
+    # The printed test metrics are the average's, and eval rebuilds them from the checkpoint.
+    assert cli(capsys, "eval", run, "--checkpoint", "last")[1].strip() == last
 
 
 def test_generate_refuses_a_classifier_run(tmp_path, capsys):

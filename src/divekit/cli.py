@@ -24,7 +24,7 @@ from divekit.recipes import RECIPES
 # `train` flags that are Trainer arguments of the same name (and --epochs sets max_epochs).
 TRAINER_FLAGS = (
     "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
-    "grad_clip", "accumulate", "label_smoothing", "early_stopping", "seed", "device", "amp",
+    "grad_clip", "accumulate", "label_smoothing", "ema", "early_stopping", "seed", "device", "amp",
     "channels_last", "compile",
 )
 
@@ -118,6 +118,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--grad-clip", type=_positive_float, help="clip the global gradient norm")
     add("--accumulate", type=_positive_int, help="batches per optimizer step")
     add("--label-smoothing", type=float)
+    add("--ema", type=float, metavar="DECAY", help="evaluate and keep a moving average of the "
+        "weights, e.g. 0.99 (smooths the noise of a high constant learning rate)")
     add("--early-stopping", type=_positive_int, metavar="PATIENCE",
         help="stop after this many epochs without improvement")
     add("--augment", metavar="SPEC", help="augment training batches, e.g. "

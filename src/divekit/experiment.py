@@ -17,6 +17,7 @@ from torch import nn
 
 from divekit.data import DataModule, load_data, parse_augment
 from divekit.engine import History, Trainer, load_checkpoint, seed_everything
+from divekit.engine.checkpoint import inference_weights
 from divekit.engine.finetune import apply_finetune
 from divekit.errors import DivekitError
 from divekit.models import create_model, model_info
@@ -99,7 +100,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None =
     trainer = Trainer(**config["trainer"], progress=False)
     state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     data, model = build(config, data_dir, pretrained=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(inference_weights(state))
     data.device = trainer.device
     return trainer.evaluate(model, data.test_dataloader(), prefix="test", task=data.task)
 
@@ -118,7 +119,7 @@ def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str =
         raise DivekitError(f"{run_dir} trained {config['model']!r}, which is not a language model")
     state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     data, model = build(config, data_dir, pretrained=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(inference_weights(state))
     level = config.get("data_options", {}).get("level", "word" if config["data"] == "wikitext-2"
                                                else "char")
     return generate(model, data.vocab, prefix, num_tokens, level=level,

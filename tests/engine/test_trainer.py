@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import divekit as dk
 from divekit.data import DataModule
-from divekit.engine import Callback, TrainingDiverged
+from divekit.engine import Callback, TrainingDiverged, load_checkpoint
+from divekit.engine.finetune import load_weights
 from tests.conftest import blobs, small_cnn
 
 
@@ -239,3 +240,64 @@ def test_live_progress_bar_on_a_terminal(blob_data):
 def test_unknown_monitor_lists_the_metrics(blob_data):
     with pytest.raises(dk.DivekitError, match="monitor 'val_f1' is not a metric.*test_acc"):
         fit(blob_data, linear_model(), max_epochs=1, monitor="val_f1")
+
+
+class RecordWeights(Callback):
+    """Keeps a copy of the trained (raw) weights after every optimizer step."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, trainer):
+        self.steps.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+
+def test_ema_is_the_warmed_up_moving_average_of_every_step(blob_data):
+    recorder = RecordWeights()
+    trainer, history = fit(blob_data, small_cnn(), max_epochs=2, lr=0.1, momentum=0.9, ema=0.9,
+                           callbacks=[recorder])
+    # The average by its definition, from the raw weights of each of the 32 steps.
+    average = {k: v.clone() for k, v in small_cnn().state_dict().items()}
+    for step, weights in enumerate(recorder.steps):
+        decay = min(0.9, (1 + step) / (10 + step))
+        for name, value in weights.items():
+            if value.is_floating_point():
+                average[name] = decay * average[name] + (1 - decay) * value
+            else:
+                average[name] = value
+    assert len(recorder.steps) == 32
+    for name, value in trainer.model.state_dict().items():  # fit leaves the average in the model
+        torch.testing.assert_close(value, average[name], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(recorder.steps[-1]["5.weight"], average["5.weight"], atol=1e-3)
+    # The reported evaluation is the average's, not the raw weights'.
+    model = small_cnn()
+    model.load_state_dict(average)
+    loss = trainer.evaluate(model, blob_data.test_dataloader())["test_loss"]
+    assert history.last["test_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_ema_run_resumes_exactly_and_its_checkpoints_predict_with_the_average(
+        blob_data, tmp_path):
+    settings = dict(lr=0.05, momentum=0.9, ema=0.95, seed=1)
+    full, full_history = fit(blob_data, max_epochs=3, out_dir=tmp_path / "full", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        fit(blob_data, max_epochs=3, out_dir=tmp_path / "cut", **settings,
+            callbacks=[KillAtStartOf(epoch=3)])
+    resumed = dk.Trainer(max_epochs=3, out_dir=tmp_path / "cut", progress=False, **settings)
+    resumed_history = resumed.fit(small_cnn(), blob_data, resume=True)
+    for name, tensor in full.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert resumed_history.column("test_loss") == full_history.column("test_loss")
+
+    state = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    assert not torch.equal(state["ema"]["5.weight"], state["model"]["5.weight"])
+    model = small_cnn()
+    load_weights(model, tmp_path / "full" / "checkpoints" / "last.pt")
+    for name, tensor in full.model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("ema", [0, 1, 1.5, -0.1])
+def test_ema_outside_zero_one_is_refused(ema):
+    with pytest.raises(dk.DivekitError, match=r"ema is the decay .* must be in \(0, 1\)"):
+        dk.Trainer(ema=ema)

@@ -44,6 +44,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                            "checkpoint or it is damaged") from e
 
 
+def inference_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to predict with from a training checkpoint: the moving average of the
+    weights when the run kept one (``Trainer(ema=...)``), else the trained weights."""
+    return state.get("ema", state["model"])
+
+
 def rng_state() -> dict[str, Any]:
     """Every random generator the training loop may draw from."""
     state = {

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from divekit.engine.checkpoint import inference_weights
 from divekit.errors import DivekitError
 
 SHOWN = 5  # names quoted in an error message
@@ -160,7 +161,8 @@ def load_weights(
 
     Reads ``.safetensors`` files, PyTorch state dicts (``torch.save(model.state_dict())``,
     e.g. torchvision's ResNet weights, which divekit's ``resnet18/34/50`` match key for key)
-    and divekit training checkpoints (their ``model`` entry). Files are never unpickled
+    and divekit training checkpoints (their weight average when the run kept one, else their
+    ``model`` entry). Files are never unpickled
     beyond tensors and plain containers (``weights_only=True``).
 
     Args:
@@ -253,7 +255,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise DivekitError(f"{path} could not be read as weights ({type(e).__name__}: "
                            f"{str(e)[:200]}); the file is damaged or not a weights file") from e
     if isinstance(state, dict) and "format" in state and isinstance(state.get("model"), dict):
-        state = state["model"]  # a divekit training checkpoint
+        state = inference_weights(state)  # a divekit training checkpoint
     if not isinstance(state, Mapping) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise DivekitError(f"{path} holds a {type(state).__name__}, not a state dict of "
