@@ -75,7 +75,7 @@ def test_list(capsys):
      (["train", "lenet", "--lr", "fast"], ["--lr", "fast"]),
      (["train", "lenet", "--amp", "fp8"], ["fp8", "'off', 'bf16', 'fp16'"]),
      (["train", "lenet", "--device", "tpu"], ["unknown device 'tpu'"]),
-     (["train", "lenet", "--ema", "1.5"], ["ema is the decay", "(0, 1)", "0.99"]),
+     (["train", "lenet", "--ema", "1.5"], ["ema is the decay", "[0, 1)", "0.99"]),
      (["train"], ["name a model"]),
      (["train", "lenet", "--data", "synthetic-regression"],
       ["'lenet' is a classification model", "regression data"]),

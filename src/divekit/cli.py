@@ -119,7 +119,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--accumulate", type=_positive_int, help="batches per optimizer step")
     add("--label-smoothing", type=float)
     add("--ema", type=float, metavar="DECAY", help="evaluate and keep a moving average of the "
-        "weights, e.g. 0.99 (smooths the noise of a high constant learning rate)")
+        "weights, e.g. 0.99 (smooths the noise of a high constant learning rate); 0 = none")
     add("--early-stopping", type=_positive_int, metavar="PATIENCE",
         help="stop after this many epochs without improvement")
     add("--augment", metavar="SPEC", help="augment training batches, e.g. "

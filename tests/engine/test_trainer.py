@@ -297,7 +297,15 @@ def test_ema_run_resumes_exactly_and_its_checkpoints_predict_with_the_average(
         assert torch.equal(tensor, model.state_dict()[name]), name
 
 
-@pytest.mark.parametrize("ema", [0, 1, 1.5, -0.1])
+@pytest.mark.parametrize("ema", [1, 1.5, -0.1])
 def test_ema_outside_zero_one_is_refused(ema):
-    with pytest.raises(dk.DivekitError, match=r"ema is the decay .* must be in \(0, 1\)"):
+    with pytest.raises(dk.DivekitError, match=r"ema is the decay .* must be in \[0, 1\)"):
         dk.Trainer(ema=ema)
+
+
+def test_ema_zero_is_plain_training(blob_data, tmp_path):
+    plain, _ = fit(blob_data, small_cnn(), max_epochs=1, lr=0.1, out_dir=tmp_path / "a")
+    zero, _ = fit(blob_data, small_cnn(), max_epochs=1, lr=0.1, out_dir=tmp_path / "b", ema=0)
+    for name, tensor in plain.model.state_dict().items():
+        assert torch.equal(tensor, zero.model.state_dict()[name]), name
+    assert "ema" not in load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")

@@ -21,6 +21,7 @@ BOOK = {
     "lstm-lm-timemachine-book": ("lstm-lm", 1, 4.0, 50, 6.69),
     "deep-gru-lm-timemachine-book": ("deep-gru-lm", 2, 2.0, 100, 6.11),
 }
+EMA = {"deep-gru-lm-timemachine-book": 0.99}  # the weight average evaluated; 0.95 elsewhere
 
 
 def data_dir() -> str:
@@ -38,7 +39,7 @@ def test_book_recipes_have_the_books_settings(name):
                                       "num_val": 5000}
     assert config["batch_size"] == 1024 and config["val_size"] == 0
     assert config["trainer"] == {"optimizer": "sgd", "lr": lr, "grad_clip": 1.0,
-                                 "max_epochs": epochs}
+                                 "max_epochs": epochs, "ema": EMA.get(name, 0.95)}
     assert recipe.target.startswith("val ppl <= ") and f"val ppl {target}" in recipe.book
 
 
@@ -84,14 +85,15 @@ def train_recipe(name: str) -> list[dict]:
     return Trainer(**config["trainer"], progress=False).fit(model, data)
 
 
-# On one thread: ~80 s (RNN, 100 epochs) and ~70 s (GRU, 50 epochs) on a lightly loaded
-# 2-core CPU. The LSTM (~100 s) and the two-layer GRU (~250 s) would take the total past
-# 3 minutes; `divekit recipe run` trains them (measured results in the recipes' targets).
-# The book's numbers are single unseeded runs: seed 0 of the GRU beats its 6.55 (6.47), while
-# seeds 0-2 of the RNN land at 7.25-7.37 against its 7.19, so the RNN is held to 7.35.
+# On one thread: ~80 s (RNN, 100 epochs), ~70 s (GRU) and ~100 s (LSTM, 50 epochs) on a
+# lightly loaded 2-core CPU; the two-layer GRU (~150-250 s) is left to `divekit recipe run` and
+# benchmarks/book_lm.py. Bounds are the issue's targets (the GRU's is the book's own 6.55). The
+# book's loop itself, seeds 0-2 without the weight average, gives RNN 7.24-7.60, GRU 6.59-6.91,
+# LSTM 6.78-7.19: the averaged weights are what brings these seeds under the book's numbers.
 @pytest.mark.slow
-@pytest.mark.parametrize("name, bound", [("gru-lm-timemachine-book", 6.6),
-                                         ("rnn-lm-timemachine-book", 7.35)])
+@pytest.mark.parametrize("name, bound", [("gru-lm-timemachine-book", 6.55),
+                                         ("rnn-lm-timemachine-book", 7.2),
+                                         ("lstm-lm-timemachine-book", 6.7)])
 def test_book_recipe_reaches_the_books_validation_perplexity(name, bound, one_thread):
     history = train_recipe(name)
     assert history[-1]["val_ppl"] <= bound

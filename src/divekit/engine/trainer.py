@@ -71,8 +71,9 @@ class Trainer:
             ``d = min(ema, (1 + step) / (10 + step))``, so the first steps do not drag the
             average back to the initial weights. Evaluation, the best checkpoint and the
             weights ``fit`` leaves in the model are the average's; checkpoints keep the raw
-            weights too, for exact resume. Averaging removes the epoch-to-epoch noise of SGD
-            at a high constant learning rate (Polyak & Juditsky 1992).
+            weights too, for exact resume. ``0`` or ``None``: no average. Averaging removes
+            the epoch-to-epoch noise of SGD at a high constant learning rate (Polyak &
+            Juditsky 1992).
         early_stopping: stop after this many epochs without improvement of ``monitor``.
         monitor: metric that picks the best checkpoint (default: evaluation accuracy, or
             evaluation loss for regression).
@@ -122,11 +123,11 @@ class Trainer:
         _check_positive_int("accumulate", accumulate)
         if grad_clip is not None and not grad_clip > 0:
             raise DivekitError(f"grad_clip must be positive, got {grad_clip}")
-        if ema is not None and not 0 < ema < 1:
-            raise DivekitError(f"ema is the decay of the weight average and must be in (0, 1), "
-                               f"e.g. 0.99 or 0.999; got {ema}")
+        if ema is not None and not 0 <= ema < 1:
+            raise DivekitError(f"ema is the decay of the weight average and must be in [0, 1), "
+                               f"e.g. 0.99 or 0.999 (0 = no average); got {ema}")
         self.max_epochs, self.lr, self.optimizer_spec = max_epochs, lr, optimizer
-        self.ema = ema
+        self.ema = ema or None  # a decay of 0 averages nothing: the weights themselves
         if lr_mult and callable(optimizer):
             raise DivekitError("lr_mult needs a named optimizer; build a callable's parameter "
                                "groups with divekit.engine.finetune.param_groups instead")
