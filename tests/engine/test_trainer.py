@@ -43,19 +43,24 @@ def test_validation_split_is_the_per_epoch_evaluation(blob_data):
     assert "val_acc" in history.last and "test_acc" not in history.last
 
 
-def test_resume_equals_uninterrupted_run_bitwise(blob_data, tmp_path):
-    settings = dict(lr=0.05, momentum=0.9, schedule="cosine", warmup_epochs=0.5, seed=3)
-    full, full_history = fit(blob_data, max_epochs=4, out_dir=tmp_path / "full", **settings)
-
+def full_and_resumed(data, folder, max_epochs, kill_at, **settings):
+    """An uninterrupted run, and one killed at the start of epoch ``kill_at`` then resumed."""
+    full, full_history = fit(data, max_epochs=max_epochs, out_dir=folder / "full", **settings)
     with pytest.raises(KeyboardInterrupt):
-        fit(blob_data, max_epochs=4, out_dir=tmp_path / "cut", **settings,
-            callbacks=[KillAtStartOf(epoch=3)])
-    resumed = dk.Trainer(max_epochs=4, out_dir=tmp_path / "cut", progress=False, **settings)
+        fit(data, max_epochs=max_epochs, out_dir=folder / "cut", **settings,
+            callbacks=[KillAtStartOf(epoch=kill_at)])
+    resumed = dk.Trainer(max_epochs=max_epochs, out_dir=folder / "cut", progress=False,
+                         **settings)
     # A fresh model with other weights: everything must come from the checkpoint.
-    resumed_history = resumed.fit(small_cnn(), blob_data, resume=True)
-
+    resumed_history = resumed.fit(small_cnn(), data, resume=True)
     for name, tensor in full.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    return full, full_history, resumed_history
+
+
+def test_resume_equals_uninterrupted_run_bitwise(blob_data, tmp_path):
+    settings = dict(lr=0.05, momentum=0.9, schedule="cosine", warmup_epochs=0.5, seed=3)
+    _, full_history, resumed_history = full_and_resumed(blob_data, tmp_path, 4, 3, **settings)
     drop = ("train_time", "examples_per_s")
     strip = [{k: v for k, v in row.items() if k not in drop} for row in resumed_history]
     assert strip == [{k: v for k, v in row.items() if k not in drop} for row in full_history]
@@ -278,15 +283,8 @@ def test_ema_is_the_warmed_up_moving_average_of_every_step(blob_data):
 
 def test_ema_run_resumes_exactly_and_its_checkpoints_predict_with_the_average(
         blob_data, tmp_path):
-    settings = dict(lr=0.05, momentum=0.9, ema=0.95, seed=1)
-    full, full_history = fit(blob_data, max_epochs=3, out_dir=tmp_path / "full", **settings)
-    with pytest.raises(KeyboardInterrupt):
-        fit(blob_data, max_epochs=3, out_dir=tmp_path / "cut", **settings,
-            callbacks=[KillAtStartOf(epoch=3)])
-    resumed = dk.Trainer(max_epochs=3, out_dir=tmp_path / "cut", progress=False, **settings)
-    resumed_history = resumed.fit(small_cnn(), blob_data, resume=True)
-    for name, tensor in full.model.state_dict().items():
-        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    full, full_history, resumed_history = full_and_resumed(
+        blob_data, tmp_path, 3, 3, lr=0.05, momentum=0.9, ema=0.95, seed=1)
     assert resumed_history.column("test_loss") == full_history.column("test_loss")
 
     state = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
@@ -309,3 +307,17 @@ def test_ema_zero_is_plain_training(blob_data, tmp_path):
     for name, tensor in plain.model.state_dict().items():
         assert torch.equal(tensor, zero.model.state_dict()[name]), name
     assert "ema" not in load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+
+
+def test_ema_averages_a_tied_weight_once(blob_data):
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(64, 64)
+    model = torch.nn.Sequential(torch.nn.Flatten(), shared, torch.nn.Tanh(), shared,
+                                torch.nn.Linear(64, 4))
+    start = shared.weight.detach().clone()
+    blob_data.batch_size = 512  # one step: average = 0.1 * start + 0.9 * trained
+    recorder = RecordWeights()
+    trainer, _ = fit(blob_data, model, max_epochs=1, lr=0.1, ema=0.9, callbacks=[recorder])
+    trained = recorder.steps[0]["1.weight"]
+    torch.testing.assert_close(trainer.model[1].weight, 0.1 * start + 0.9 * trained)
+    assert trainer.model[1] is trainer.model[3]

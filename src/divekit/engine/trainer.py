@@ -170,6 +170,11 @@ class Trainer:
         self.ema_model = None
         if self.ema is not None:
             self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+            # Each shared (tied) tensor once: parameters() and buffers() skip repeats.
+            self._ema_pairs = [
+                (average.data, current.data) for average, current in zip(
+                    [*self.ema_model.parameters(), *self.ema_model.buffers()],
+                    [*self.model.parameters(), *self.model.buffers()], strict=True)]
         if self.world_size > 1:
             self.forward = nn.parallel.DistributedDataParallel(self.model)
         if self.compile:
@@ -306,12 +311,11 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = min(self.ema, self.global_step / (self.global_step + 9))
-        average, current = self.ema_model.state_dict(), self.model.state_dict()
-        for name, value in average.items():
-            if value.is_floating_point():
-                value.lerp_(current[name], 1 - decay)
+        for average, current in self._ema_pairs:
+            if average.is_floating_point():
+                average.lerp_(current, 1 - decay)
             else:  # counters such as BatchNorm's num_batches_tracked
-                value.copy_(current[name])
+                average.copy_(current)
 
     def _loss(self, model, batch) -> tuple[torch.Tensor, Any, torch.Tensor]:
         inputs, targets = self._to_device(batch[0]), batch[-1].to(self.device, non_blocking=True)
