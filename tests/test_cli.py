@@ -281,7 +281,10 @@ def test_fine_tune_from_a_previous_run(capsys, tmp_path):
     assert not torch.equal(before["4.weight"], after["4.weight"])  # the rest trained
     assert not torch.equal(before["13.weight"], after["13.weight"])
     rows = metric_rows(tmp_path / "tuned")
-    assert float(rows[0]["test_acc"]) > 0.8  # started from trained weights, not from scratch
+    # Started from trained weights: its first epoch beats the from-scratch run's first epoch
+    # (0.79-0.89 against 0.55-0.57 on 1 or 2 threads; a fixed 0.8 failed on 1 thread).
+    scratch = float(metric_rows(base)[0]["test_acc"])
+    assert float(rows[0]["test_acc"]) > scratch + 0.1
     # Resuming re-applies the freezing (the optimizer's groups must match its saved state).
     status, _, err = cli(capsys, "train", "--resume", tmp_path / "tuned", "--epochs", "3",
                          "--quiet")
