@@ -10,6 +10,7 @@ import torch
 
 from divekit.data import DataModule
 from divekit.data.vision import FASHION_MNIST
+from divekit.engine import Callback
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +73,14 @@ def fake_fashion(num_train: int, num_test: int, batch_size: int) -> DataModule:
 
     return DataModule("fake", train=split(num_train), test=split(num_test),
                       batch_size=batch_size, class_names=FASHION_MNIST.classes)
+
+
+class KillAtStartOf(Callback):
+    """Interrupts the run as a kill would: after epoch ``epoch - 1`` was checkpointed."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer):
+        if trainer.epoch + 1 == self.epoch:
+            raise KeyboardInterrupt

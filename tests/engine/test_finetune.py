@@ -17,7 +17,7 @@ from divekit.engine.finetune import (
     replace_head,
 )
 from divekit.errors import DivekitError
-from tests.conftest import small_cnn
+from tests.conftest import KillAtStartOf, small_cnn
 
 # small_cnn(): 0 conv, 1 batch norm, 2 ReLU, 3 flatten, 4 dropout, 5 linear head
 
@@ -111,15 +111,6 @@ def test_lr_mult_keeps_the_head_ten_times_the_body_under_schedules(blob_data, sc
 def test_lr_mult_rejects_a_callable_optimizer():
     with pytest.raises(DivekitError, match="lr_mult needs a named optimizer"):
         dk.Trainer(optimizer=lambda p: torch.optim.SGD(p, lr=0.1), lr_mult={"fc.*": 10})
-
-
-class KillAtStartOf(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_start(self, trainer):
-        if trainer.epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_a_fine_tuning_run_resumes_exactly(blob_data, tmp_path, one_thread):

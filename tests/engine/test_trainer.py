@@ -9,7 +9,7 @@ import divekit as dk
 from divekit.data import DataModule
 from divekit.engine import Callback, TrainingDiverged, load_checkpoint
 from divekit.engine.finetune import load_weights
-from tests.conftest import blobs, small_cnn
+from tests.conftest import KillAtStartOf, blobs, small_cnn
 
 
 def fit(data, model=None, **settings):
@@ -66,17 +66,6 @@ def test_resume_equals_uninterrupted_run_bitwise(blob_data, tmp_path):
     assert strip == [{k: v for k, v in row.items() if k not in drop} for row in full_history]
     written = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert [row["test_loss"] for row in written] == full_history.column("test_loss")
-
-
-class KillAtStartOf(Callback):
-    """Interrupts the run as a kill would: after epoch ``epoch - 1`` was checkpointed."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_start(self, trainer):
-        if trainer.epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
 
 
 def linear_model(seed=0):

@@ -162,8 +162,8 @@ def load_weights(
     Reads ``.safetensors`` files, PyTorch state dicts (``torch.save(model.state_dict())``,
     e.g. torchvision's ResNet weights, which divekit's ``resnet18/34/50`` match key for key)
     and divekit training checkpoints (their weight average when the run kept one, else their
-    ``model`` entry). Files are never unpickled
-    beyond tensors and plain containers (``weights_only=True``).
+    ``model`` entry). Files are never unpickled beyond tensors and plain containers
+    (``weights_only=True``).
 
     Args:
         model: changed in place.

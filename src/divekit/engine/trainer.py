@@ -25,6 +25,7 @@ from torch import nn
 from divekit.engine import distributed
 from divekit.engine.callbacks import Callback, EarlyStopping
 from divekit.engine.checkpoint import (
+    inference_weights,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -441,7 +442,7 @@ class Trainer:
             raise DivekitError(f"{path} is not a divekit training checkpoint")
         self.model.load_state_dict(state["model"])
         if self.ema_model is not None:
-            self.ema_model.load_state_dict(state.get("ema", state["model"]))
+            self.ema_model.load_state_dict(inference_weights(state))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
