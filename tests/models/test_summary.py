@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import divekit as dk
@@ -76,6 +77,138 @@ def test_norm_pool_and_activations_cost_nothing():
     summary = summarize(model, (2, 3, 8, 8))
     assert summary.macs == 0
     assert [row.output_shape for row in summary.rows][-3:] == [(2, 3, 1, 1)] * 2 + [(2, 3)]
+
+
+class Attend(nn.Module):
+    """Queries from the input; keys and values from a learned memory of ``source`` steps."""
+
+    def __init__(self, width, heads, source, kdim, vdim, batch_first=True, **options):
+        super().__init__()
+        self.batch_first = batch_first
+        self.attn = nn.MultiheadAttention(width, heads, kdim=kdim, vdim=vdim,
+                                          batch_first=batch_first, **options)
+        self.keys = nn.Parameter(torch.randn(source, 1, kdim))
+        self.values = nn.Parameter(torch.randn(source, 1, vdim))
+
+    def forward(self, x):
+        batch = x.shape[0 if self.batch_first else 1]
+        keys, values = (m.expand(-1, batch, -1) for m in (self.keys, self.values))
+        if self.batch_first:
+            keys, values = keys.transpose(0, 1), values.transpose(0, 1)
+        return self.attn(x, key=keys, value=values)[0]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("extra_keys", [0, 2])
+def test_multihead_attention_macs_are_its_projections_and_two_products(batch_first, extra_keys):
+    batch, length, source, width, kdim, vdim = 2, 5, 3, 8, 6, 4
+    options = {"add_bias_kv": True, "add_zero_attn": True} if extra_keys else {}
+    model = nn.Sequential(Attend(width, 2, source, kdim, vdim, batch_first, **options),
+                          nn.Linear(width, 7))
+    shape = (batch, length, width) if batch_first else (length, batch, width)
+    summary = summarize(model, shape, depth=None)
+    projections = batch * (length * width * width + source * kdim * width
+                           + source * vdim * width + length * width * width)
+    products = 2 * batch * length * (source + extra_keys) * width  # Q K^T and A V, all heads
+    head = batch * length * width * 7
+    attn, linear = summary.rows
+    # out_proj is a weight the module multiplies by, not a layer it calls: one leaf row.
+    assert (attn.name, attn.type, attn.output_shape) == ("0.attn", "MultiheadAttention", shape)
+    assert attn.params == dk.count_parameters(model[0].attn)
+    assert attn.macs == projections + products and linear.macs == head
+    assert summary.macs == projections + products + head
+    assert sum(row.params for row in summary.rows) + source * (kdim + vdim) \
+        == summary.total_params
+
+
+def test_transformer_encoder_layer_counts_attention_and_feed_forward():
+    batch, steps, width, hidden = 2, 5, 8, 16
+    layer = nn.TransformerEncoderLayer(width, 2, hidden, batch_first=True)
+    summary = summarize(nn.Sequential(layer), (batch, steps, width), depth=None)
+    attention = batch * (4 * steps * width * width + 2 * steps * steps * width)
+    feed_forward = 2 * batch * steps * width * hidden
+    assert summary.macs == attention + feed_forward
+    assert sum(row.macs for row in summary.rows) == summary.macs
+    assert sum(row.params for row in summary.rows) == summary.total_params
+
+
+class CausalSelfAttention(nn.Module):
+    """A GPT block's attention: one fused QKV projection, SDPA over the heads, a projection."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        batch, steps, width = x.shape
+        q, k, v = self.qkv(x).view(batch, steps, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(batch, steps, width))
+
+
+def test_scaled_dot_product_attention_is_counted_for_the_module_that_calls_it():
+    batch, steps, width, heads = 3, 6, 8, 2
+    model = nn.Sequential(CausalSelfAttention(width, heads), nn.ReLU(), nn.Linear(width, 5))
+    qkv, proj = batch * steps * width * 3 * width, batch * steps * width * width
+    # Per (example, head): steps x steps scores of width/heads, then steps x steps weights
+    # times values of width/heads; masked (causal) entries are counted too.
+    sdpa = batch * heads * steps * steps * 2 * (width // heads)
+    head = batch * steps * width * 5
+    leaves = summarize(model, (batch, steps, width), depth=None)
+    assert [(row.name, row.type, row.macs) for row in leaves.rows] == [
+        ("0.qkv", "Linear", qkv), ("0.proj", "Linear", proj),
+        ("0.scaled_dot_product_attention", "function", sdpa), ("1", "ReLU", 0),
+        ("2", "Linear", head)]
+    assert leaves.rows[2].output_shape == (batch, heads, steps, width // heads)
+    assert leaves.rows[2].params == 0
+    top = summarize(model, (batch, steps, width), depth=1)
+    assert [row.macs for row in top.rows] == [qkv + sdpa + proj, 0, head]
+    for summary in (leaves, top):
+        assert summary.macs == qkv + sdpa + proj + head
+        assert sum(row.macs for row in summary.rows) == summary.macs
+        assert sum(row.params for row in summary.rows) == summary.total_params
+    # Every leaf output, the attention's included, in float32.
+    outputs = batch * steps * (3 * width + width + width + width + 5)
+    assert leaves.activation_bytes == 4 * outputs
+
+
+class Retrieve(nn.Module):
+    """SDPA in the root module's own forward, with keywords, other widths and broadcasting."""
+
+    def __init__(self):
+        super().__init__()
+        self.keys = nn.Parameter(torch.randn(3, 6, 5))  # (heads, S, E), shared by the batch
+        self.values = nn.Parameter(torch.randn(3, 6, 7))  # (heads, S, Ev)
+
+    def forward(self, query):
+        return F.scaled_dot_product_attention(query, key=self.keys, value=self.values)
+
+
+def test_scaled_dot_product_attention_in_the_root_forward_counts_in_the_total():
+    summary = summarize(Retrieve(), (2, 3, 4, 5))
+    macs = 2 * 3 * (4 * 6 * 5 + 4 * 6 * 7)  # batch * heads * (L S E + L S Ev)
+    assert [(row.name, row.depth, row.output_shape, row.macs) for row in summary.rows] == [
+        ("scaled_dot_product_attention", 1, (2, 3, 4, 7), macs)]
+    assert summary.macs == macs
+
+
+def test_attention_summary_runs_on_meta_for_real_and_meta_built_models():
+    torch.manual_seed(0)
+    real = nn.Sequential(CausalSelfAttention(8, 2), Attend(8, 2, 3, 6, 4))
+    with torch.device("meta"):
+        meta = nn.Sequential(CausalSelfAttention(8, 2), Attend(8, 2, 3, 6, 4))
+    summaries = [summarize(model, (2, 5, 8), depth=None) for model in (real, meta)]
+    assert summaries[0].rows == summaries[1].rows and summaries[0].macs == summaries[1].macs
+    assert summaries[0].macs == (2 * 5 * 8 * 32 + 2 * 2 * 5 * 5 * 8  # the GPT block
+                                 + 2 * (2 * 5 * 64 + 3 * 10 * 8 + 2 * 5 * 3 * 8))  # Attend
+    assert all(p.device.type == "cpu" for p in real.parameters())
+    assert torch._C._len_torch_function_stack() == 0  # the counting mode is gone
+    # The row shapes are those of a real forward.
+    expected = real_forward_record(real, torch.randn(2, 5, 8))
+    rows = {row.name: row.output_shape for row in summaries[0].rows}
+    assert rows["1.attn"] == expected["1.attn"] and rows["0.proj"] == expected["0.proj"]
 
 
 def test_published_resnet18_macs():

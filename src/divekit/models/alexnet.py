@@ -19,13 +19,14 @@ from torch import nn
 
 from divekit.errors import DivekitError
 from divekit.models.linear import init_xavier
-from divekit.models.registry import register_model
+from divekit.models.registry import from_published, register_model
 from divekit.models.stems import uses_small_stem
 
 
 @register_model("alexnet", family="alexnet",
                 section="8.1 Deep Convolutional Neural Networks (AlexNet)",
-                input_shape=(1, 224, 224))
+                input_shape=(1, 224, 224),
+                params=from_published(50_844_008, stem_weights=96 * 11 * 11, head_inputs=4096))
 def alexnet(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """AlexNet: five conv layers (96-256-384-384-256) and a 4096-4096 dropout classifier.
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from divekit.errors import DivekitError
 from divekit.models.linear import init_xavier
-from divekit.models.registry import register_model
+from divekit.models.registry import from_published, register_model
 from divekit.models.resnet import check_positive, stem
 
 SECTION = "8.7 Densely Connected Networks (DenseNet)"
@@ -136,7 +136,9 @@ def densenet(
     ))
 
 
-@register_model("densenet-d2l", family="densenet", section=SECTION, input_shape=(1, 96, 96))
+# Ours (the course's and a CPU-sized variant): tests/models/test_zoo_resnet_densenet.py formulas.
+@register_model("densenet-d2l", family="densenet", section=SECTION, input_shape=(1, 96, 96),
+                params=758_226)
 def densenet_d2l(
     num_classes: int = 10, in_channels: int = 1, image_size: int = 96, growth_rate: int = 32,
     block_sizes: tuple[int, ...] = (4, 4, 4, 4),
@@ -148,7 +150,8 @@ def densenet_d2l(
     return model
 
 
-@register_model("densenet121", family="densenet", section=SECTION, input_shape=(1, 224, 224))
+@register_model("densenet121", family="densenet", section=SECTION, input_shape=(1, 224, 224),
+                params=from_published(7_978_856, stem_weights=64 * 7 * 7, head_inputs=1024))
 def densenet121(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """DenseNet-121 in torchvision's layout: bottleneck layers (6, 12, 24, 16), growth 32."""
     model = densenet(bottleneck_layer, (6, 12, 24, 16), 32, num_classes=num_classes,
@@ -165,7 +168,8 @@ def densenet121(num_classes: int = 10, in_channels: int = 1, image_size: int = 2
     return model
 
 
-@register_model("densenet-cpu", family="densenet", section=SECTION, input_shape=(1, 28, 28))
+@register_model("densenet-cpu", family="densenet", section=SECTION, input_shape=(1, 28, 28),
+                params=23_218)
 def densenet_cpu(
     num_classes: int = 10, in_channels: int = 1, image_size: int = 28, growth_rate: int = 12,
     block_sizes: tuple[int, ...] = (2, 2, 2), init_width: int = 24,

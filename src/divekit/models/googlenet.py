@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from divekit.models.linear import init_xavier
-from divekit.models.registry import register_model
+from divekit.models.registry import from_published, register_model
 from divekit.models.stems import uses_small_stem
 
 
@@ -68,7 +68,8 @@ def _pool() -> nn.Module:
 
 
 @register_model("googlenet", family="googlenet", section="8.4 Multi-Branch Networks (GoogLeNet)",
-                input_shape=(1, 224, 224))
+                input_shape=(1, 224, 224),
+                params=from_published(6_998_552, stem_weights=64 * 7 * 7, head_inputs=1024))
 def googlenet(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """GoogLeNet: a conv stem, nine Inception blocks in three stages, global average pool.
 

@@ -21,7 +21,9 @@ def _flat_features(image_size: int, first_padding: int) -> int:
     return 16 * size * size
 
 
-@register_model("lenet", family="lenet", section="7.6 Convolutional Neural Networks (LeNet)")
+# The course prints 61,706 for LeNet; tests/models/test_registry.py derives both by formula.
+@register_model("lenet", family="lenet", section="7.6 Convolutional Neural Networks (LeNet)",
+                params=61_706)
 def lenet(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
     """LeNet-5: two 5x5 conv + sigmoid + 2x2 average-pool stages, then 120-84-classes dense."""
     model = nn.Sequential(
@@ -38,7 +40,7 @@ def lenet(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> 
     return model
 
 
-@register_model("lenet-bn", family="lenet", section="8.5 Batch Normalization")
+@register_model("lenet-bn", family="lenet", section="8.5 Batch Normalization", params=44_878)
 def lenet_bn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
     """LeNet with batch norm after every conv and hidden dense layer (the course's 8.5 layout)."""
     return lenet_bn_with(nn.BatchNorm2d, nn.BatchNorm1d, num_classes, in_channels, image_size)

@@ -8,8 +8,9 @@ from torch import nn
 from divekit.models.registry import register_model
 
 
+# Counts by formula in tests/models/test_registry.py: 2 weights + 1 bias; 784 x 10 + 10.
 @register_model("linear-regression", family="linear", section="3.5 Concise Linear Regression",
-                task="regression", input_shape=(2,))
+                task="regression", input_shape=(2,), params=3)
 def linear_regression(num_inputs: int = 2, num_outputs: int = 1) -> nn.Module:
     """Linear regression ``y = x w + b``, weights from N(0, 0.01^2), zero bias."""
     model = nn.Linear(num_inputs, num_outputs)
@@ -18,7 +19,8 @@ def linear_regression(num_inputs: int = 2, num_outputs: int = 1) -> nn.Module:
     return model
 
 
-@register_model("softmax-regression", family="linear", section="4.5 Concise Softmax Regression")
+@register_model("softmax-regression", family="linear", section="4.5 Concise Softmax Regression",
+                params=7_850)
 def softmax_regression(num_inputs: int = 784, num_classes: int = 10) -> nn.Module:
     """Softmax regression: flatten, one linear layer to class logits (softmax lives in the loss)."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(num_inputs, num_classes))

@@ -9,7 +9,9 @@ from divekit.models.linear import init_normal
 from divekit.models.registry import register_model
 
 
-@register_model("mlp", family="mlp", section="5.2 Implementation of Multilayer Perceptrons")
+# Counts by formula in tests/models/test_registry.py: 784-256-10 and 784-256-256-10.
+@register_model("mlp", family="mlp", section="5.2 Implementation of Multilayer Perceptrons",
+                params=203_530)
 def mlp(
     num_inputs: int = 784,
     num_classes: int = 10,
@@ -39,7 +41,7 @@ def mlp(
     return model
 
 
-@register_model("mlp-dropout", family="mlp", section="5.6 Dropout")
+@register_model("mlp-dropout", family="mlp", section="5.6 Dropout", params=269_322)
 def mlp_dropout(num_inputs: int = 784, num_classes: int = 10) -> nn.Module:
     """The course's dropout MLP: 784-256-256-10, dropout 0.2 then 0.5."""
     return mlp(num_inputs, num_classes, hidden=(256, 256), dropout=(0.2, 0.5))

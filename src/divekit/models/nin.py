@@ -38,8 +38,9 @@ def nin_block(
     )
 
 
+# The course's layout, no published figure: tests/models/test_zoo_classic.py's formula.
 @register_model("nin", family="nin", section="8.3 Network in Network (NiN)",
-                input_shape=(1, 224, 224))
+                input_shape=(1, 224, 224), params=1_992_166)
 def nin(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """NiN: four NiN blocks (96-256-384-classes channels) and global average pooling.
 

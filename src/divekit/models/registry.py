@@ -24,6 +24,8 @@ class ModelInfo:
         task: ``"classification"`` (returns logits), ``"regression"`` or ``"language-model"``
             (token sequences in, ``(logits, loss)`` out when given targets).
         input_shape: default input shape of one example, e.g. ``(1, 28, 28)``.
+        params: parameter count of the model built with its default options (the published
+            figure where there is one, adjusted to those options).
         description: first line of the factory's docstring.
     """
 
@@ -33,6 +35,7 @@ class ModelInfo:
     section: str
     task: str
     input_shape: tuple[int, ...]
+    params: int
     description: str
 
     def options(self) -> list[str]:
@@ -49,15 +52,43 @@ def register_model(
     section: str,
     task: str = "classification",
     input_shape: tuple[int, ...] = (1, 28, 28),
+    params: int,
 ):
-    """Decorator registering a model factory under ``name``."""
+    """Decorator registering a model factory under ``name``.
+
+    Args:
+        name, family, section, task, input_shape: see :class:`ModelInfo`.
+        params: the parameter count of ``fn()`` (default options); required, so that no
+            model ships without one. A test builds every registered model and checks it.
+
+    Raises:
+        DivekitError: if ``params`` is not a positive integer.
+    """
+    if isinstance(params, bool) or not isinstance(params, int) or params < 1:
+        raise DivekitError(f"model {name!r}: params must be a positive integer, the parameter "
+                           f"count with default options, got {params!r}")
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         description = (inspect.getdoc(fn) or "").splitlines()[0] if fn.__doc__ else ""
-        MODELS.add(name, ModelInfo(name, fn, family, section, task, input_shape, description))
+        MODELS.add(name, ModelInfo(name, fn, family, section, task, input_shape, params,
+                                   description))
         return fn
 
     return decorator
+
+
+def from_published(count: int, *, stem_weights: int, head_inputs: int) -> int:
+    """The default-options count (1 channel, 10 classes) of a model published for ImageNet.
+
+    Args:
+        count: the published count, for 3 input channels and 1000 classes.
+        stem_weights: weights of the first conv per input channel (``out * kh * kw``).
+        head_inputs: inputs of the last linear layer.
+
+    Returns:
+        ``count`` less the stem's weights for 2 input channels and the head's 990 classes.
+    """
+    return count - 2 * stem_weights - 990 * (head_inputs + 1)
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -32,7 +32,7 @@ from torch import nn
 
 from divekit.errors import DivekitError
 from divekit.models.linear import init_xavier
-from divekit.models.registry import register_model
+from divekit.models.registry import from_published, register_model
 from divekit.models.stems import uses_small_stem
 
 SECTION = "8.6 Residual Networks (ResNet) and ResNeXt"
@@ -240,7 +240,8 @@ def _torchvision_resnet(
     return model
 
 
-@register_model("resnet18", family="resnet", section=SECTION, input_shape=(1, 224, 224))
+@register_model("resnet18", family="resnet", section=SECTION, input_shape=(1, 224, 224),
+                params=from_published(11_689_512, stem_weights=64 * 7 * 7, head_inputs=512))
 def resnet18(num_classes: int = 10, in_channels: int = 1, image_size: int = 224,
              zero_init_residual: bool = False) -> nn.Module:
     """ResNet-18 in torchvision's layout: basic blocks (2, 2, 2, 2), widths 64-512."""
@@ -248,7 +249,8 @@ def resnet18(num_classes: int = 10, in_channels: int = 1, image_size: int = 224,
                                zero_init_residual)
 
 
-@register_model("resnet34", family="resnet", section=SECTION, input_shape=(1, 224, 224))
+@register_model("resnet34", family="resnet", section=SECTION, input_shape=(1, 224, 224),
+                params=from_published(21_797_672, stem_weights=64 * 7 * 7, head_inputs=512))
 def resnet34(num_classes: int = 10, in_channels: int = 1, image_size: int = 224,
              zero_init_residual: bool = False) -> nn.Module:
     """ResNet-34 in torchvision's layout: basic blocks (3, 4, 6, 3), widths 64-512."""
@@ -256,7 +258,8 @@ def resnet34(num_classes: int = 10, in_channels: int = 1, image_size: int = 224,
                                zero_init_residual)
 
 
-@register_model("resnet50", family="resnet", section=SECTION, input_shape=(1, 224, 224))
+@register_model("resnet50", family="resnet", section=SECTION, input_shape=(1, 224, 224),
+                params=from_published(25_557_032, stem_weights=64 * 7 * 7, head_inputs=2048))
 def resnet50(num_classes: int = 10, in_channels: int = 1, image_size: int = 224,
              zero_init_residual: bool = False) -> nn.Module:
     """ResNet-50 in torchvision's layout: bottleneck blocks (3, 4, 6, 3), outputs 256-2048 wide."""
@@ -264,7 +267,9 @@ def resnet50(num_classes: int = 10, in_channels: int = 1, image_size: int = 224,
                                zero_init_residual)
 
 
-@register_model("resnet18-d2l", family="resnet", section=SECTION, input_shape=(1, 96, 96))
+# Ours (the course's and a CPU-sized variant): tests/models/test_zoo_resnet_densenet.py formulas.
+@register_model("resnet18-d2l", family="resnet", section=SECTION, input_shape=(1, 96, 96),
+                params=11_178_378)
 def resnet18_d2l(num_classes: int = 10, in_channels: int = 1, image_size: int = 96) -> nn.Module:
     """The course's ResNet-18 for 96x96 Fashion-MNIST: ``Residual`` blocks (2, 2, 2, 2)."""
     model = resnet(Residual, (2, 2, 2, 2), (64, 128, 256, 512), num_classes=num_classes,
@@ -273,7 +278,8 @@ def resnet18_d2l(num_classes: int = 10, in_channels: int = 1, image_size: int = 
     return model
 
 
-@register_model("resnet-cpu", family="resnet", section=SECTION, input_shape=(1, 28, 28))
+@register_model("resnet-cpu", family="resnet", section=SECTION, input_shape=(1, 28, 28),
+                params=77_754)
 def resnet_cpu(
     num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
     widths: tuple[int, ...] = (16, 32, 64), depths: tuple[int, ...] = (1, 1, 1),

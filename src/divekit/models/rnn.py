@@ -163,12 +163,14 @@ SECTIONS = {
 }
 
 
-def _lm(name: str, section: str):
+def _lm(name: str, section: str, params: int):
+    """Register a language model; ``params`` is its count for the default 28-token vocabulary
+    (ours: tests/models/test_rnn_lm.py derives it from the layer layout)."""
     return register_model(name, family="rnn", section=SECTIONS[section], task="language-model",
-                          input_shape=(35,))
+                          input_shape=(35,), params=params)
 
 
-@_lm("rnn-lm", "9.6")
+@_lm("rnn-lm", "9.6", params=2_908)
 def rnn_lm(
     num_classes: int = 28, hidden_size: int = 32, num_layers: int = 1,
     embedding_dim: int | None = None, dropout: float = 0.0,
@@ -183,7 +185,7 @@ def rnn_lm(
                             dropout)
 
 
-@_lm("lstm-lm", "10.1")
+@_lm("lstm-lm", "10.1", params=8_860)
 def lstm_lm(
     num_classes: int = 28, hidden_size: int = 32, num_layers: int = 1,
     embedding_dim: int | None = None, dropout: float = 0.0,
@@ -198,7 +200,7 @@ def lstm_lm(
                             dropout)
 
 
-@_lm("gru-lm", "10.2")
+@_lm("gru-lm", "10.2", params=6_876)
 def gru_lm(
     num_classes: int = 28, hidden_size: int = 32, num_layers: int = 1,
     embedding_dim: int | None = None, dropout: float = 0.0,
@@ -213,7 +215,7 @@ def gru_lm(
                             dropout)
 
 
-@_lm("deep-gru-lm", "10.3")
+@_lm("deep-gru-lm", "10.3", params=13_212)
 def deep_gru_lm(
     num_classes: int = 28, hidden_size: int = 32, num_layers: int = 2,
     embedding_dim: int | None = None, dropout: float = 0.0,
@@ -228,7 +230,7 @@ def deep_gru_lm(
                             dropout)
 
 
-@_lm("bilstm-tagger", "10.4")
+@_lm("bilstm-tagger", "10.4", params=17_692)
 def bilstm_tagger(
     num_classes: int = 28, hidden_size: int = 32, num_layers: int = 1,
     embedding_dim: int | None = None, dropout: float = 0.0,

@@ -36,28 +36,31 @@ class ScratchClassifier(nn.Module):
         return logits if targets is None else (logits, cross_entropy(logits, targets))
 
 
+# Each twin has exactly the parameters of its built-in model (tests/models/test_registry.py).
 @register_model("softmax-regression-scratch", family="scratch",
-                section="4.4 Softmax Regression Implementation from Scratch")
+                section="4.4 Softmax Regression Implementation from Scratch", params=7_850)
 def softmax_regression_scratch(num_inputs: int = 784, num_classes: int = 10) -> nn.Module:
     """Softmax regression on raw tensors with a log-sum-exp cross-entropy."""
     return ScratchClassifier(SoftmaxRegression(num_inputs, num_classes))
 
 
 @register_model("mlp-scratch", family="scratch",
-                section="5.2 Implementation of Multilayer Perceptrons (from scratch)")
+                section="5.2 Implementation of Multilayer Perceptrons (from scratch)",
+                params=203_530)
 def mlp_scratch(num_inputs: int = 784, num_classes: int = 10) -> nn.Module:
     """784-256-10 MLP on explicit weight matrices, hand-written ReLU and cross-entropy."""
     return ScratchClassifier(MLPScratch(num_inputs, 256, num_classes))
 
 
-@register_model("mlp-dropout-scratch", family="scratch", section="5.6 Dropout (from scratch)")
+@register_model("mlp-dropout-scratch", family="scratch", section="5.6 Dropout (from scratch)",
+                params=269_322)
 def mlp_dropout_scratch(num_inputs: int = 784, num_classes: int = 10) -> nn.Module:
     """784-256-256-10 MLP with hand-written dropout 0.2 / 0.5."""
     return ScratchClassifier(MLPScratch(num_inputs, (256, 256), num_classes, dropout=(0.2, 0.5)))
 
 
 @register_model("lenet-bn-scratch", family="scratch",
-                section="8.5 Batch Normalization (from scratch)")
+                section="8.5 Batch Normalization (from scratch)", params=44_878)
 def lenet_bn_scratch(
     num_classes: int = 10, in_channels: int = 1, image_size: int = 28
 ) -> nn.Module:

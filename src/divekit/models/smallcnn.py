@@ -14,7 +14,9 @@ from torch import nn
 from divekit.models.registry import register_model
 
 
-@register_model("small-cnn", family="cnn", section="8.5 Batch Normalization (modern small CNN)")
+# Ours; tests/models/test_registry.py derives the count by formula.
+@register_model("small-cnn", family="cnn", section="8.5 Batch Normalization (modern small CNN)",
+                params=29_178)
 def small_cnn(
     num_classes: int = 10,
     in_channels: int = 1,

@@ -7,7 +7,7 @@ whose weights are real is run with meta stand-ins for its parameters and buffers
 (``torch.func.functional_call``), so its own weights are never copied.
 
 Multiply-accumulates (MACs; one MAC is one ``a * b + c``, about two FLOPs) are counted by
-forward hooks, for the layers that do nearly all the arithmetic of a CNN or RNN:
+forward hooks, for the layers that do nearly all the arithmetic of a CNN, RNN or Transformer:
 
 * ``Conv1d/2d/3d``: ``out.numel() * (C_in / groups) * prod(kernel_size)`` (each output value
   is a dot product over its receptive field in its group's input channels).
@@ -15,29 +15,42 @@ forward hooks, for the layers that do nearly all the arithmetic of a CNN or RNN:
 * ``RNN/GRU/LSTM``: per time step, example, layer and direction ``gates * hidden_size *
   (input_size + hidden_size)`` with 1, 3 and 4 gates (the two matrix products that feed the
   gates); the elementwise gate arithmetic is not counted.
+* ``MultiheadAttention`` (batch ``B``, query length ``L``, key length ``S``, width ``E``): its
+  four projections as linear layers, ``B * (L * E * E + S * kdim * E + S * vdim * E + L * E *
+  E)``, plus ``2 * B * L * S * E`` for the products ``Q K^T`` and ``A V`` of all heads together
+  (``S`` counts the extra key of ``add_bias_kv`` and of ``add_zero_attn``). Its ``out_proj`` is
+  a weight it multiplies by itself, not a layer it calls, so it is listed as one leaf.
+* ``F.scaled_dot_product_attention`` called anywhere in a ``forward`` (caught by a
+  ``TorchFunctionMode``), with query ``(..., L, E)``, key ``(..., S, E)``, value ``(..., S,
+  Ev)``: ``L * S * (E + Ev)`` per leading batch element (heads included) of its output. Every
+  call gets a row of its own, ``<caller>.scaled_dot_product_attention``, under the module whose
+  ``forward`` made it. Masks, causal ones included, do not reduce the count.
 
-Everything else counts 0: biases, activations, pooling (no products, only max or sums),
-dropout, and batch norm (at inference it is an affine map that folds into the conv or linear
-layer before it). ``nn.MultiheadAttention`` and functional ops called inside ``forward``
-(``F.scaled_dot_product_attention``, ``torch.matmul``) are not counted either. With these rules
-ResNet-18 at 224 x 224 costs 1.82 GMACs and VGG-16 15.5 GMACs, the published figures.
+Everything else counts 0: biases, activations, softmax, pooling (no products, only max or
+sums), dropout, and batch norm (at inference it is an affine map that folds into the conv or
+linear layer before it). Other functional ops called inside ``forward`` (``torch.matmul``,
+``F.linear``) are not counted either. With these rules ResNet-18 at 224 x 224 costs 1.82 GMACs
+and VGG-16 15.5 GMACs, the published figures.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 
 from divekit.errors import DivekitError
 from divekit.models.registry import count_parameters, create_model, model_info
 
 RECURRENT_GATES = {nn.RNN: 1, nn.GRU: 3, nn.LSTM: 4}
+ATTENTION_CALL = "scaled_dot_product_attention"
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,8 @@ class SummaryRow:
 
     Attributes:
         name: qualified name, e.g. ``"layer1.0.conv1"``.
-        type: class name, e.g. ``"Conv2d"``.
+        type: class name, e.g. ``"Conv2d"``; ``"function"`` for the row of the
+            ``F.scaled_dot_product_attention`` calls of a module.
         depth: number of dotted parts of ``name`` (a top-level child has depth 1).
         output_shape: shape of its (first) output tensor in the last call, ``None`` if the
             forward pass never called it.
@@ -157,31 +171,50 @@ def summarize(
     input_size = tuple(input_size)
     name = name or type(model).__name__
     names = {module: qualified for qualified, module in model.named_modules()}
+    # Modules that multiply by their children's weights without calling them: one leaf each.
+    atomic = {qualified for module, qualified in names.items()
+              if isinstance(module, nn.MultiheadAttention)}
     shapes: dict[str, tuple[int, ...]] = {}
     own_macs: dict[str, int] = dict.fromkeys(names.values(), 0)
+    attention_calls: dict[str, str] = {}  # row name -> the module whose forward made the calls
     activation_bytes = 0
     entered: list[str] = []
+
+    def is_leaf(qualified: str, module: nn.Module) -> bool:
+        return qualified in atomic or next(module.children(), None) is None
 
     def before(module: nn.Module, inputs: tuple) -> None:
         entered.append(names[module])
 
-    def after(module: nn.Module, inputs: tuple, output: Any) -> None:
+    def after(module: nn.Module, inputs: tuple, kwargs: dict, output: Any) -> None:
         nonlocal activation_bytes
         qualified = entered.pop()
         outputs = list(_tensors(output))
         if outputs:
             shapes[qualified] = tuple(outputs[0].shape)
-        own_macs[qualified] += _macs(module, inputs, output)
-        if next(module.children(), None) is None:
+        own_macs[qualified] += _macs(module, inputs, kwargs, output)
+        if is_leaf(qualified, module):
             activation_bytes += sum(t.numel() * t.element_size() for t in outputs)
+
+    def attention_call(output: torch.Tensor, macs: int) -> None:
+        nonlocal activation_bytes
+        if any(qualified in atomic for qualified in entered):
+            return  # nn.MultiheadAttention counts its own products
+        caller = entered[-1] if entered else ""
+        row = f"{caller}.{ATTENTION_CALL}" if caller else ATTENTION_CALL
+        attention_calls[row] = caller
+        shapes[row] = tuple(output.shape)
+        own_macs[row] = own_macs.get(row, 0) + macs
+        activation_bytes += output.numel() * output.element_size()
 
     handles = [hook for module in names
                for hook in (module.register_forward_pre_hook(before),
-                            module.register_forward_hook(after))]
+                            module.register_forward_hook(after, with_kwargs=True))]
     modes = {module: module.training for module in names}
     model.eval()
     try:
-        _meta_forward(model, input_size, dtype or _input_dtype(model))
+        with _AttentionCounter(attention_call):
+            _meta_forward(model, input_size, dtype or _input_dtype(model))
     except (RuntimeError, ValueError, IndexError, TypeError) as error:
         # The innermost module whose forward started but did not finish raised the error.
         failed = entered[-1] if entered else ""
@@ -196,20 +229,25 @@ def summarize(
         for module, training in modes.items():
             module.training = training
 
+    entries: list[tuple[str, nn.Module | None]] = [
+        (qualified, module) for qualified, module in model.named_modules()
+        if not any(_within(qualified, parent) and qualified != parent for parent in atomic)]
+    for row, caller in attention_calls.items():  # after the caller's last descendant
+        last = max(i for i, (qualified, _) in enumerate(entries) if _within(qualified, caller))
+        entries.insert(last + 1, (row, None))
     rows = []
-    for qualified, module in model.named_modules():
+    for qualified, module in entries:
         row_depth = qualified.count(".") + 1
-        is_leaf = next(module.children(), None) is None
-        listed = is_leaf if depth is None else (
-            row_depth == depth or (row_depth < depth and is_leaf))
+        leaf = module is None or is_leaf(qualified, module)
+        listed = leaf if depth is None else (row_depth == depth or (row_depth < depth and leaf))
         if not qualified or not listed:
             continue
-        parameters = list(module.parameters())
+        parameters = [] if module is None else list(module.parameters())
         rows.append(SummaryRow(
-            qualified, type(module).__name__, row_depth, shapes.get(qualified),
-            sum(p.numel() for p in parameters),
+            qualified, "function" if module is None else type(module).__name__, row_depth,
+            shapes.get(qualified), sum(p.numel() for p in parameters),
             sum(p.numel() for p in parameters if p.requires_grad),
-            sum(m for n, m in own_macs.items() if n == qualified or n.startswith(qualified + ".")),
+            sum(m for n, m in own_macs.items() if _within(n, qualified)),
         ))
     return Summary(
         name, input_size, rows, count_parameters(model),
@@ -271,8 +309,50 @@ def _meta_forward(model: nn.Module, input_size: tuple[int, ...], dtype: torch.dt
             functional_call(model, stand_ins, (x,))
 
 
-def _macs(module: nn.Module, inputs: tuple, output: Any) -> int:
+class _AttentionCounter(TorchFunctionMode):
+    """Hands the output and MACs of every ``F.scaled_dot_product_attention`` call to ``record``."""
+
+    def __init__(self, record: Callable[[torch.Tensor, int], None]) -> None:
+        super().__init__()
+        self.record = record
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            query, key, value = (args[i] if i < len(args) else kwargs[argument]
+                                 for i, argument in enumerate(("query", "key", "value")))
+            # Each leading (batch, head) element of the output: L x S products of width E and Ev.
+            per_element = query.shape[-2] * key.shape[-2] * (query.shape[-1] + value.shape[-1])
+            self.record(result, math.prod(result.shape[:-2]) * per_element)
+        return result
+
+
+def _within(name: str, ancestor: str) -> bool:
+    """Whether ``name`` is ``ancestor`` or nested in it (everything is in the root ``""``)."""
+    return not ancestor or name == ancestor or name.startswith(ancestor + ".")
+
+
+def _attention_macs(module: nn.MultiheadAttention, query: torch.Tensor,
+                    key: torch.Tensor) -> int:
+    """Projections and the two batched products of one ``nn.MultiheadAttention`` call."""
+    if query.dim() == 2:  # unbatched: (L, E)
+        batch, length, source = 1, query.shape[0], key.shape[0]
+    elif module.batch_first:  # (B, L, E)
+        (batch, length), source = query.shape[:2], key.shape[1]
+    else:  # (L, B, E)
+        (length, batch), source = query.shape[:2], key.shape[0]
+    width = module.embed_dim
+    projections = (2 * length * width + source * (module.kdim + module.vdim)) * width
+    keys = source + (module.bias_k is not None) + module.add_zero_attn
+    return batch * (projections + 2 * length * keys * width)
+
+
+def _macs(module: nn.Module, inputs: tuple, kwargs: dict, output: Any) -> int:
     """Multiply-accumulates of one call of ``module`` (0 for types that are not counted)."""
+    if isinstance(module, nn.MultiheadAttention):
+        arguments = [*inputs, *(kwargs[k] for k in ("query", "key") if k in kwargs)]
+        return _attention_macs(module, arguments[0], arguments[1])
     if isinstance(module, nn.modules.conv._ConvNd):
         per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
         return output.numel() * per_output

@@ -20,7 +20,7 @@ from torch import nn
 
 from divekit.errors import DivekitError
 from divekit.models.linear import init_xavier
-from divekit.models.registry import register_model
+from divekit.models.registry import from_published, register_model
 from divekit.models.stems import uses_small_stem
 
 SECTION = "8.2 Networks Using Blocks (VGG)"
@@ -107,31 +107,37 @@ def vgg(
     return model
 
 
-@register_model("vgg11", family="vgg", section=SECTION, input_shape=(1, 224, 224))
+@register_model("vgg11", family="vgg", section=SECTION, input_shape=(1, 224, 224),
+                params=from_published(132_863_336, stem_weights=64 * 3 * 3, head_inputs=4096))
 def vgg11(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """VGG-11 (configuration A): 8 convs in 5 blocks, 64 to 512 channels, 3 dense layers."""
     return vgg(VGG11, num_classes, in_channels, image_size)
 
 
-@register_model("vgg13", family="vgg", section=SECTION, input_shape=(1, 224, 224))
+@register_model("vgg13", family="vgg", section=SECTION, input_shape=(1, 224, 224),
+                params=from_published(133_047_848, stem_weights=64 * 3 * 3, head_inputs=4096))
 def vgg13(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """VGG-13 (configuration B): 10 convs in 5 blocks, 64 to 512 channels, 3 dense layers."""
     return vgg(VGG13, num_classes, in_channels, image_size)
 
 
-@register_model("vgg16", family="vgg", section=SECTION, input_shape=(1, 224, 224))
+@register_model("vgg16", family="vgg", section=SECTION, input_shape=(1, 224, 224),
+                params=from_published(138_357_544, stem_weights=64 * 3 * 3, head_inputs=4096))
 def vgg16(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """VGG-16 (configuration D): 13 convs in 5 blocks, 64 to 512 channels, 3 dense layers."""
     return vgg(VGG16, num_classes, in_channels, image_size)
 
 
-@register_model("vgg19", family="vgg", section=SECTION, input_shape=(1, 224, 224))
+@register_model("vgg19", family="vgg", section=SECTION, input_shape=(1, 224, 224),
+                params=from_published(143_667_240, stem_weights=64 * 3 * 3, head_inputs=4096))
 def vgg19(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """VGG-19 (configuration E): 16 convs in 5 blocks, 64 to 512 channels, 3 dense layers."""
     return vgg(VGG19, num_classes, in_channels, image_size)
 
 
-@register_model("vgg11-narrow", family="vgg", section=SECTION, input_shape=(1, 224, 224))
+# Ours (no published figure): tests/models/test_zoo_classic.py derives it by formula.
+@register_model("vgg11-narrow", family="vgg", section=SECTION, input_shape=(1, 224, 224),
+                params=43_093_322)
 def vgg11_narrow(num_classes: int = 10, in_channels: int = 1, image_size: int = 224) -> nn.Module:
     """The course's Fashion-MNIST VGG-11: channels divided by 4 (16 to 128), same classifier."""
     return vgg(VGG11_NARROW, num_classes, in_channels, image_size)
