@@ -19,7 +19,7 @@ from divekit.optim.trajectories import (
     trajectory,
 )
 from divekit.recipes import Recipe, add_recipe, training_run
-from divekit.scratch.kfold import cross_validate, load_tabular
+from divekit.recipes.kfold import cross_validate, load_tabular
 from divekit.scratch.linear import train_linear_regression
 from divekit.scratch.weight_decay import train_with_weight_decay
 
@@ -37,10 +37,24 @@ def linear_regression_scratch(out_dir: Path) -> dict[str, Any]:
             "b_error": abs(b.item() - TRUE_B)}
 
 
+def high_dimensional_data(
+    num_train: int = 20, num_test: int = 100, num_inputs: int = 200, seed: int = 0
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The course's weight-decay data: ``y = 0.05 + sum_i 0.01 x_i + noise``, sigma 0.01.
+
+    Returns:
+        ``(X_train, y_train), (X_test, y_test)`` with X of shape ``(n, num_inputs)``.
+    """
+    X, y = synthetic_regression(torch.full((num_inputs,), 0.01), 0.05, num_train + num_test,
+                                noise=0.01, seed=seed)
+    return (X[:num_train], y[:num_train]), (X[num_train:], y[num_train:])
+
+
 def weight_decay_scratch(out_dir: Path) -> dict[str, Any]:
+    train, test = high_dimensional_data(seed=0)
     results = {}
     for lambd in (0, 3):
-        run = train_with_weight_decay(lambd)
+        run = train_with_weight_decay(train, test, lambd, seed=1)
         results[f"lambda_{lambd}_w_norm"] = run["w_norm"]
         results[f"lambda_{lambd}_test_loss"] = run["test_loss"]
     return results

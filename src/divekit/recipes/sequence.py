@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ from divekit.scratch.sequence import (
     k_step_predictions,
     lagged_features,
     multistep_predict,
-    plot_k_step,
     sine_series,
     train_autoregressive,
 )
@@ -24,6 +24,51 @@ TAU, NUM_TRAIN, KS = 4, 600, (1, 4, 16, 64)
 ORDERS = {1: "unigram", 2: "bigram", 3: "trigram", 4: "4-gram", 5: "5-gram"}
 SMOOTHINGS = {"add-1": {"smoothing": "add-k", "k": 1.0},
               "interpolated": {"smoothing": "interpolated", "eps": 1.0}}
+
+
+def plot_k_step(
+    x: torch.Tensor, preds: dict[int, torch.Tensor], tau: int, path: str | os.PathLike
+) -> Path:
+    """Draw the series with each k-step prediction (left) and their MSE against ``k`` (right).
+
+    Args:
+        x: the series, shape ``(T,)``.
+        preds: the result of :func:`divekit.scratch.sequence.k_step_predictions` with the
+            same ``tau``.
+        tau: window length.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    time = torch.arange(1, len(x) + 1)
+    fig, (series_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 3.6))
+    series_axis.plot(time, x, color="lightgray", label="data")
+    for k, pred in preds.items():
+        series_axis.plot(time[tau + k - 1 : tau + k - 1 + len(pred)], pred, label=f"{k}-step")
+    series_axis.set_xlabel("time")
+    series_axis.set_ylabel("x")
+    series_axis.legend(loc="lower left", fontsize="small")
+    errors = k_step_errors(x, preds, tau)
+    error_axis.plot(list(errors), list(errors.values()), marker="o")
+    error_axis.set_xscale("log", base=2)
+    error_axis.set_yscale("log")
+    error_axis.set_xlabel("k (steps ahead)")
+    error_axis.set_ylabel("mean squared error")
+    error_axis.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def sine_autoregression(out_dir: Path) -> dict[str, Any]:

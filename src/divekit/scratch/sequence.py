@@ -5,14 +5,13 @@ An autoregressive model predicts ``x_t`` from the ``tau`` values before it,
 one-step-ahead pairs it predicts the next value well, but forecasting further ahead means
 feeding its own predictions back as inputs, so errors compound: the ``k``-step-ahead prediction
 gets worse as ``k`` grows. The course shows this on ``x_t = sin(0.01 t) + noise`` with a
-4-10-1 MLP trained on the first 600 windows (Adam, lr 0.01, batch 16, 5 epochs).
+4-10-1 MLP trained on the first 600 windows (Adam, lr 0.01, batch 16, 5 epochs); the
+``sine-autoregression`` recipe (:mod:`divekit.recipes.sequence`) runs it and plots it.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -199,50 +198,6 @@ def train_autoregressive(
         with torch.no_grad():
             losses.append(((_predict(model, features) - labels) ** 2).mean().item())
     return model, losses
-
-
-def plot_k_step(
-    x: torch.Tensor, preds: dict[int, torch.Tensor], tau: int, path: str | os.PathLike
-) -> Path:
-    """Draw the series with each k-step prediction (left) and their MSE against ``k`` (right).
-
-    Args:
-        x: the series, shape ``(T,)``.
-        preds: the result of :func:`k_step_predictions` with the same ``tau``.
-        tau: window length.
-        path: the PNG to write.
-
-    Returns:
-        ``path``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    time = torch.arange(1, len(x) + 1)
-    fig, (series_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 3.6))
-    series_axis.plot(time, x, color="lightgray", label="data")
-    for k, pred in preds.items():
-        series_axis.plot(time[tau + k - 1 : tau + k - 1 + len(pred)], pred, label=f"{k}-step")
-    series_axis.set_xlabel("time")
-    series_axis.set_ylabel("x")
-    series_axis.legend(loc="lower left", fontsize="small")
-    errors = k_step_errors(x, preds, tau)
-    error_axis.plot(list(errors), list(errors.values()), marker="o")
-    error_axis.set_xscale("log", base=2)
-    error_axis.set_yscale("log")
-    error_axis.set_xlabel("k (steps ahead)")
-    error_axis.set_ylabel("mean squared error")
-    error_axis.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 def k_step_errors(
