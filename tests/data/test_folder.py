@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 import divekit.data.folder as folder
-from divekit import DataError, DivekitError, load_data
+from divekit import DataError, DivekitError, TensorLoader, load_data
+from divekit.data.streaming import DatasetLoader
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 200, 0)
 ORANGE = (250, 120, 30)
@@ -121,3 +122,80 @@ def test_missing_folders(tmp_path):
 def test_bad_options(options):
     with pytest.raises(DivekitError, match="path=|size must be a positive integer"):
         folder.image_folder(**options)
+
+
+def test_streamed_dataset_decodes_the_tensors_of_the_preloaded_split(tmp_path):
+    classes = folder.list_classes(make_layout(tmp_path) / "train")
+    images, labels = folder.load_split(classes, 16)
+    dataset = folder.ImageFolderDataset.from_classes(classes, 16)
+    assert len(dataset) == 4
+    for i in range(4):
+        image, label = dataset[i]
+        assert image.shape == (3, 16, 16) and image.dtype == torch.float32
+        assert torch.equal(image, images[i]) and image.is_contiguous()
+        assert label.dtype == torch.long and label.ndim == 0 and label == labels[i]
+    image, _ = folder.ImageFolderDataset.from_classes(classes, 8, grayscale=True)[1]
+    assert torch.equal(image, folder.load_split(classes, 8, grayscale=True)[0][1])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_streamed_and_preloaded_give_the_same_batches(tmp_path, num_workers):
+    make_layout(tmp_path)
+    preloaded = folder.image_folder(path=str(tmp_path), size=16, stream=False)
+    streamed = folder.image_folder(path=str(tmp_path), size=16, stream=True,
+                                   num_workers=num_workers)
+    assert isinstance(streamed.train, folder.ImageFolderDataset)
+    assert isinstance(streamed.test, folder.ImageFolderDataset)
+    assert streamed.num_workers == num_workers and streamed.class_names == ["cat", "dog"]
+    for split in ("train", "test"):
+        tensors = TensorLoader(*getattr(preloaded, split), batch_size=3, shuffle=True, seed=4)
+        lazy = DatasetLoader(getattr(streamed, split), batch_size=3, shuffle=True, seed=4,
+                             num_workers=streamed.num_workers)
+        for loader in (tensors, lazy):
+            loader.set_epoch(1)
+        pairs = list(zip(lazy, tensors, strict=True))
+        assert len(pairs) == len(tensors)
+        for (x, y), (x_pre, y_pre) in pairs:
+            assert torch.equal(x, x_pre) and torch.equal(y, y_pre)
+
+
+def test_preloads_while_the_decoded_set_fits_the_limit(tmp_path, monkeypatch):
+    make_layout(tmp_path)  # 6 images: 6 * 3 * 16 * 16 * 4 bytes decoded
+    needed = folder.decoded_bytes(6, 16)
+    assert needed == 18_432 and folder.decoded_bytes(6, 16, grayscale=True) == 6_144
+    monkeypatch.setattr(folder, "PRELOAD_LIMIT_BYTES", needed)
+    data = folder.image_folder(path=str(tmp_path), size=16)
+    assert isinstance(data.train, tuple) and data.train[0].shape == (4, 3, 16, 16)
+    monkeypatch.setattr(folder, "PRELOAD_LIMIT_BYTES", needed - 1)
+    assert isinstance(folder.image_folder(path=str(tmp_path), size=16).train,
+                      folder.ImageFolderDataset)
+    assert isinstance(folder.image_folder(path=str(tmp_path), size=16, stream=False).train, tuple)
+
+
+def test_a_broken_streamed_image_is_named_when_read(tmp_path):
+    make_layout(tmp_path)
+    (tmp_path / "test" / "dog" / "g.png").write_bytes(b"not a png")
+    data = folder.image_folder(path=str(tmp_path), stream=True)  # nothing decoded yet
+    assert data.test[1][1] == 1
+    with pytest.raises(DataError, match="g.png is not a readable image"):
+        data.test[2]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"stream": "yes"}, "stream must be true, false or unset"),
+    ({"num_workers": -1}, "num_workers must be an integer >= 0"),
+])
+def test_bad_streaming_options(tmp_path, options, message):
+    with pytest.raises(DivekitError, match=message):
+        folder.image_folder(path=str(tmp_path), **options)
+
+
+def test_load_data_streams_through_the_data_module(tmp_path):
+    make_layout(tmp_path)
+    options = {"batch_size": 3, "seed": 2, "path": str(tmp_path), "size": 8}
+    streamed = load_data("image-folder", stream=True, num_workers=2, **options)
+    preloaded = load_data("image-folder", stream=False, **options)
+    loaders = [streamed.train_dataloader(), preloaded.train_dataloader()]
+    assert isinstance(loaders[0], DatasetLoader) and loaders[0].num_workers == 2
+    for (x, y), (x_pre, y_pre) in zip(*loaders, strict=True):
+        assert torch.equal(x, x_pre) and torch.equal(y, y_pre)

@@ -6,8 +6,9 @@ from divekit.data.loaders import TensorLoader
 from divekit.data.paths import data_root
 from divekit.data.preview import show_batch
 from divekit.data.registry import DATASETS, DataModule, list_datasets, load_data, register_dataset
+from divekit.data.streaming import DatasetLoader
 
 __all__ = [
-    "DATASETS", "Compose", "DataModule", "TensorLoader", "data_root", "list_datasets",
-    "load_data", "parse_augment", "register_dataset", "show_batch",
+    "DATASETS", "Compose", "DataModule", "DatasetLoader", "TensorLoader", "data_root",
+    "list_datasets", "load_data", "parse_augment", "register_dataset", "show_batch",
 ]

@@ -14,7 +14,69 @@ import torch
 from divekit.errors import DivekitError
 
 
-class TensorLoader:
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s permutation."""
+    return seed * 1_000_003 + epoch
+
+
+def shard_length(size: int, shuffle: bool, rank: int, world_size: int) -> int:
+    """Examples process ``rank`` of ``world_size`` reads per epoch (see :func:`epoch_order`)."""
+    if world_size == 1:
+        return size
+    if shuffle:
+        return size // world_size
+    return len(range(rank, size, world_size))
+
+
+def epoch_order(size: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0,
+                world_size: int = 1) -> torch.Tensor:
+    """The example indices one process reads in one epoch, in order: the one rule of both
+    loaders (so the same data streamed or preloaded gives the same batches).
+
+    The permutation of epoch ``e`` is ``torch.randperm(size)`` from a generator seeded
+    ``seed * 1_000_003 + e`` (``0..size-1`` without shuffling); process ``rank`` takes every
+    ``world_size``-th index from ``rank``, and shuffled (training) shards are cut to
+    ``size // world_size`` so that every process takes the same number of steps.
+    """
+    if shuffle:
+        generator = torch.Generator().manual_seed(shuffle_seed(seed, epoch))
+        order = torch.randperm(size, generator=generator)
+    else:
+        order = torch.arange(size)
+    return order[rank::world_size][: shard_length(size, shuffle, rank, world_size)]
+
+
+class ShuffledBatches:
+    """What both loaders share: batches of a per-epoch order, sharded under ``torchrun``.
+
+    Subclasses set ``batch_size``, ``shuffle``, ``drop_last``, ``seed`` and define
+    ``num_examples`` and ``__iter__``.
+    """
+
+    epoch, rank, world_size = 0, 0, 1
+
+    def shard(self, rank: int, world_size: int):
+        """Iterate only this process's share: every ``world_size``-th example from ``rank``.
+
+        The shards of one epoch are disjoint and together form each global batch of
+        ``batch_size * world_size`` examples. Shuffled (training) shards are cut to one
+        length so that every process takes the same number of steps.
+        """
+        if not 0 <= rank < world_size:
+            raise DivekitError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch`` (like ``DistributedSampler.set_epoch``)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+
+class TensorLoader(ShuffledBatches):
     """Iterate over aligned tensors in minibatches.
 
     The shuffle order of epoch ``e`` depends only on ``(seed, e)``, so a run resumed at any
@@ -54,47 +116,18 @@ class TensorLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.transform = transform
-        self.epoch = 0
-        self.rank, self.world_size = 0, 1
-
-    def shard(self, rank: int, world_size: int) -> TensorLoader:
-        """Iterate only this process's share: every ``world_size``-th example from ``rank``.
-
-        The shards of one epoch are disjoint and together form each global batch of
-        ``batch_size * world_size`` examples. Shuffled (training) shards are cut to one
-        length so that every process takes the same number of steps.
-        """
-        self.rank, self.world_size = rank, world_size
-        return self
 
     @property
     def num_examples(self) -> int:
         """Examples this process iterates per epoch."""
-        total = len(self.tensors[0])
-        if self.world_size == 1:
-            return total
-        if self.shuffle:
-            return total // self.world_size
-        return len(range(self.rank, total, self.world_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch`` (like ``DistributedSampler.set_epoch``)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return shard_length(len(self.tensors[0]), self.shuffle, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        total = len(self.tensors[0])
-        order = None
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(total, generator=generator).to(self.tensors[0].device)
-        if self.world_size > 1:
-            if order is None:
-                order = torch.arange(total, device=self.tensors[0].device)
-            order = order[self.rank :: self.world_size][: self.num_examples]
+        order = None  # in order and unsharded: contiguous slices, no gather
+        if self.shuffle or self.world_size > 1:
+            order = epoch_order(len(self.tensors[0]), shuffle=self.shuffle, seed=self.seed,
+                                epoch=self.epoch, rank=self.rank, world_size=self.world_size)
+            order = order.to(self.tensors[0].device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             if order is None:
                 batch = tuple(t[start : start + self.batch_size] for t in self.tensors)

@@ -9,44 +9,61 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
 
 from divekit.data.loaders import TensorLoader
+from divekit.data.streaming import DatasetLoader
 from divekit.errors import DivekitError
 from divekit.registry import Registry
+
+Split = tuple[torch.Tensor, ...] | Dataset
 
 
 @dataclass
 class DataModule:
-    """Train / validation / test splits held as tensors, with their metadata.
+    """Train / validation / test splits with their metadata and loaders.
+
+    A split is either a tuple of aligned tensors, held in memory and batched by index (the
+    fast path for data that fits: :class:`~divekit.data.loaders.TensorLoader`), or a map-style
+    ``torch.utils.data.Dataset`` read lazily through worker processes and collated by
+    ``collate_fn`` (:class:`~divekit.data.streaming.DatasetLoader`: data too large for memory,
+    or examples of varying size). Both shuffle by ``(seed, epoch)`` alone, so resume is exact.
 
     ``val`` is ``None`` unless a validation split was asked for (``val_size``); the Trainer
     then reports its per-epoch evaluation on the test split, as the course does.
 
     Attributes:
         name: registry name of the dataset.
-        train, val, test: ``(inputs, targets)`` tensor pairs.
+        train, val, test: ``(inputs, targets)`` tensor tuples, or datasets.
         batch_size: examples per batch of every loader.
-        task: ``"classification"`` (integer targets, logits out) or ``"regression"``.
+        task: the registered task that reads these batches (see :mod:`divekit.engine.task`):
+            ``"classification"`` (integer targets, logits out), ``"regression"``,
+            ``"language-model"``, ...
         class_names: one name per class (classification only).
         seed: shuffles the training loader, one permutation per epoch.
-        device: where the loaders put the tensors (once, up front).
+        device: where the loaders put in-memory tensors (once, up front).
         transform: applied to every training batch (augmentation, see ``parse_augment``).
         resize: the loaders resize every image batch to ``resize x resize`` (bilinear, on the
             batch's device, before ``transform``), so 28x28 images can feed a 224x224 model
             without storing them at that size: 60,000 of them would take 12 GB.
+        num_workers: worker processes reading a dataset split (0: the main process).
+        collate_fn: turns a list of a dataset split's examples into a batch (default:
+            PyTorch's, which stacks equal-sized tensors; see :mod:`divekit.data.collate`).
     """
 
     name: str
-    train: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
+    train: Split
+    test: Split
     batch_size: int = 256
-    val: tuple[torch.Tensor, torch.Tensor] | None = None
+    val: Split | None = None
     task: str = "classification"
     class_names: list[str] = field(default_factory=list)
     seed: int = 0
     device: torch.device | str | None = None
     transform: Callable | None = None
     resize: int | None = None
+    num_workers: int = 0
+    collate_fn: Callable | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -55,38 +72,50 @@ class DataModule:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input example as the loaders give it, e.g. ``(1, 28, 28)``."""
-        shape = tuple(self.train[0].shape[1:])
+        if isinstance(self.train, Dataset):
+            example = self.train[0]
+            first = example[0] if isinstance(example, list | tuple) else example
+            shape = tuple(first.shape) if isinstance(first, torch.Tensor) else ()
+        else:
+            shape = tuple(self.train[0].shape[1:])
         return shape if self.resize is None else (shape[0], self.resize, self.resize)
 
     def resized(self, size: int) -> DataModule:
         """The same data (no copy) with loaders that resize every image batch to ``size``."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise DivekitError(f"resize must be a positive integer (pixels), got {size!r}")
-        if self.train[0].ndim != 4:
+        shape = self.input_shape
+        if len(shape) != 3:
             raise DivekitError(f"resizing needs image batches (N, C, H, W); {self.name!r} has "
-                               f"inputs of shape {tuple(self.train[0].shape)}")
+                               f"examples of shape {shape}")
         return dataclasses.replace(self, resize=size)
 
-    def train_dataloader(self) -> TensorLoader:
+    def train_dataloader(self) -> TensorLoader | DatasetLoader:
         transform = self.transform
         if self.resize is not None:
             transform = self._resize if transform is None else self._resize_then_transform
-        return TensorLoader(
-            *self.train, batch_size=self.batch_size, shuffle=True, seed=self.seed,
-            device=self.device, transform=transform,
-        )
+        return self._loader(self.train, self.batch_size, shuffle=True, transform=transform)
 
-    def val_dataloader(self) -> TensorLoader | None:
+    def val_dataloader(self) -> TensorLoader | DatasetLoader | None:
         return None if self.val is None else self._eval_loader(self.val)
 
-    def test_dataloader(self) -> TensorLoader:
+    def test_dataloader(self) -> TensorLoader | DatasetLoader:
         return self._eval_loader(self.test)
 
-    def _eval_loader(self, split: tuple[torch.Tensor, torch.Tensor]) -> TensorLoader:
+    def _eval_loader(self, split: Split) -> TensorLoader | DatasetLoader:
         if self.resize is not None:  # 1024 images at 224x224 through a VGG would take tens of GB
-            return TensorLoader(*split, batch_size=self.batch_size, device=self.device,
-                                transform=self._resize)
-        return TensorLoader(*split, batch_size=max(self.batch_size, 1024), device=self.device)
+            return self._loader(split, self.batch_size, transform=self._resize)
+        batch_size = self.batch_size if isinstance(split, Dataset) else max(self.batch_size, 1024)
+        return self._loader(split, batch_size)
+
+    def _loader(self, split: Split, batch_size: int, shuffle: bool = False,
+                transform: Callable | None = None) -> TensorLoader | DatasetLoader:
+        if isinstance(split, Dataset):
+            return DatasetLoader(split, batch_size=batch_size, shuffle=shuffle, seed=self.seed,
+                                 collate_fn=self.collate_fn, num_workers=self.num_workers,
+                                 transform=transform)
+        return TensorLoader(*split, batch_size=batch_size, shuffle=shuffle, seed=self.seed,
+                            device=self.device, transform=transform)
 
     def _resize(self, images: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         size = (self.resize, self.resize)
@@ -96,11 +125,15 @@ class DataModule:
         return self.transform(*self._resize(*batch))
 
     def __repr__(self) -> str:
-        sizes = f"train={len(self.train[0])}, test={len(self.test[0])}"
+        sizes = f"train={_length(self.train)}, test={_length(self.test)}"
         if self.val is not None:
-            sizes += f", val={len(self.val[0])}"
+            sizes += f", val={_length(self.val)}"
         return (f"DataModule({self.name!r}, {sizes}, input_shape={self.input_shape}, "
                 f"task={self.task})")
+
+
+def _length(split: Split) -> int:
+    return len(split) if isinstance(split, Dataset) else len(split[0])
 
 
 @dataclass(frozen=True)
@@ -173,8 +206,8 @@ def load_data(
     return data if resize is None else data.resized(resize)
 
 
-def _split(split: tuple[torch.Tensor, torch.Tensor], val_size: float | int, seed: int):
-    n = len(split[0])
+def _split(split: Split, val_size: float | int, seed: int) -> tuple[Split, Split]:
+    n = _length(split)
     count = round(val_size * n) if isinstance(val_size, float) else int(val_size)
     if isinstance(val_size, float) and not 0 < val_size < 1 or not 0 < count < n:
         raise DivekitError(
@@ -182,6 +215,8 @@ def _split(split: tuple[torch.Tensor, torch.Tensor], val_size: float | int, seed
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_index, train_index = order[:count], order[count:]
+    if isinstance(split, Dataset):
+        return Subset(split, train_index.tolist()), Subset(split, val_index.tolist())
     return (
         tuple(t[train_index] for t in split),
         tuple(t[val_index] for t in split),
