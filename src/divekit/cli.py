@@ -24,7 +24,7 @@ from divekit.recipes import RECIPES
 # `train` flags that are Trainer arguments of the same name (and --epochs sets max_epochs).
 TRAINER_FLAGS = (
     "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
-    "grad_clip", "accumulate", "label_smoothing", "ema", "early_stopping", "seed", "device", "amp",
+    "grad_clip", "accumulate", "ema", "early_stopping", "seed", "device", "amp",
     "channels_last", "compile",
 )
 
@@ -307,6 +307,8 @@ def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, 
             config["trainer"][flag] = getattr(args, flag)
     if args.lr_mult is not None:
         config["trainer"]["lr_mult"] = dict(args.lr_mult)
+    if args.label_smoothing is not None:
+        config.setdefault("task_options", {})["label_smoothing"] = args.label_smoothing
     return config
 
 

@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from divekit.data import DataModule, load_data, parse_augment
-from divekit.engine import History, Trainer, load_checkpoint, seed_everything
+from divekit.engine import History, Task, Trainer, create_task, load_checkpoint, seed_everything
 from divekit.engine.checkpoint import inference_weights
 from divekit.engine.finetune import apply_finetune
 from divekit.errors import DivekitError
 from divekit.models import create_model, model_info
 
 RUN_KEYS = ("model", "model_options", "data", "data_options", "data_dir", "batch_size",
-            "val_size", "augment", "finetune", "trainer")
+            "val_size", "augment", "finetune", "task_options", "trainer")
 
 
 def default_run_dir(model: str, data: str) -> Path:
@@ -67,7 +67,8 @@ def train(config: dict[str, Any], out_dir: Path, *, resume: bool = False,
     """Train the run ``config`` into ``out_dir``; returns the history and final test metrics."""
     config = copy.deepcopy(config)
     # The Trainer checks its settings (device, amp, ...) before any data is read.
-    trainer = Trainer(**config["trainer"], out_dir=out_dir, progress=progress,
+    trainer = Trainer(**config["trainer"], task=_task(config), out_dir=out_dir,
+                      progress=progress,
                       config={key: config.get(key) for key in RUN_KEYS if key != "trainer"})
     data, model = build(config, data_dir, pretrained=not resume)
     data.device = trainer.device
@@ -76,6 +77,11 @@ def train(config: dict[str, Any], out_dir: Path, *, resume: bool = False,
     if trainer.rank == 0:
         (out_dir / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
     return history, test
+
+
+def _task(config: dict[str, Any]) -> Task:
+    """The run's task: the model's kind, with the run's task options (label smoothing, ...)."""
+    return create_task(model_info(config["model"]).task, **config.get("task_options") or {})
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -89,6 +95,9 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     missing = [key for key in ("model", "data", "batch_size", "trainer") if key not in config]
     if missing:
         raise DivekitError(f"{path} lacks {', '.join(missing)}; it was not written by divekit")
+    if "label_smoothing" in config["trainer"]:  # runs written before tasks owned their loss
+        smoothing = config["trainer"].pop("label_smoothing")
+        config.setdefault("task_options", {}).setdefault("label_smoothing", smoothing)
     return config
 
 
@@ -97,12 +106,13 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None =
     """Test metrics of a finished or interrupted run's ``best`` or ``last`` checkpoint."""
     config = read_config(run_dir)
     config["trainer"]["device"] = device
-    trainer = Trainer(**config["trainer"], progress=False)
+    trainer = Trainer(**config["trainer"], task=_task(config), progress=False)
     state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     data, model = build(config, data_dir, pretrained=False)
     model.load_state_dict(inference_weights(state))
     data.device = trainer.device
-    return trainer.evaluate(model, data.test_dataloader(), prefix="test", task=data.task)
+    trainer.task.setup(data)
+    return trainer.evaluate(model, data.test_dataloader(), prefix="test")
 
 
 def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str = "best",

@@ -10,7 +10,8 @@ class Callback:
     """Override any hook. ``trainer`` exposes ``model``, ``optimizer``, ``history``, ``epoch``.
 
     ``state_dict``/``load_state_dict`` make a callback's state part of the checkpoint, so a
-    resumed run continues it exactly.
+    resumed run continues it exactly; it is stored under ``state_key`` (default: the class
+    name), so adding or reordering callbacks does not hand one callback's state to another.
     """
 
     def on_fit_start(self, trainer) -> None: ...
@@ -34,7 +35,8 @@ class EarlyStopping(Callback):
 
     Args:
         monitor: metric name, e.g. ``"val_loss"``; default: the Trainer's monitored metric.
-        mode: ``"min"`` or ``"max"``; default: ``max`` for accuracies, ``min`` otherwise.
+        mode: ``"min"`` or ``"max"``; default: the metric's own direction (the Trainer's
+            ``mode`` for its monitored metric; losses are minimised).
     """
 
     def __init__(self, patience: int = 3, monitor: str | None = None, mode: str | None = None,
@@ -45,9 +47,10 @@ class EarlyStopping(Callback):
 
     def on_fit_start(self, trainer) -> None:
         self.monitor = self.monitor or trainer.monitor
-        self.mode = self.mode or ("max" if self.monitor.endswith("acc") else "min")
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
+        # The direction is known once the metrics have been computed.
+        self.mode = self.mode or ("max" if trainer.higher_is_better(self.monitor) else "min")
         value = metrics[self.monitor]
         sign = 1 if self.mode == "max" else -1
         if math.isnan(self.best) or sign * (value - self.best) > self.min_delta:

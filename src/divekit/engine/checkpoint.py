@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,23 @@ from divekit.errors import DivekitError
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` so a crash at any moment leaves the old file intact.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed
-    over ``path`` (an atomic operation on POSIX and Windows).
-    """
+    """Write ``state`` to ``path`` so a crash at any moment leaves the old file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _replace(path, "wb", lambda f: torch.save(state, f))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace the text file ``path`` so that a crash leaves either the old or the new file."""
+    _replace(path, "w", lambda f: f.write(text))
+
+
+def _replace(path: Path, mode: str, write: Callable[[Any], Any]) -> None:
+    """Write through ``write(file)`` to a temporary file in the same folder, flush it to disk,
+    then rename it over ``path`` (atomic on POSIX and Windows)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -10,11 +10,12 @@ from divekit.engine.callbacks import Callback
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """``train loss 0.4210 acc 0.8460 | test loss ...`` from a flat metrics dict."""
+    """``train loss 0.4210 acc 0.8460 | test loss ...`` from a flat metrics dict: every
+    metric of each split (the loss, its named parts and the task's metrics)."""
     parts = []
     for split in ("train", "val", "test"):
         values = [f"{k.split('_', 1)[1]} {v:.4f}" for k, v in metrics.items()
-                  if k.startswith(split + "_") and k.split("_", 1)[1] in ("loss", "acc", "ppl")]
+                  if k.startswith(split + "_") and k != "train_time"]
         if values:
             parts.append(f"{split} " + " ".join(values))
     return " | ".join(parts)

@@ -1,10 +1,11 @@
 """The training engine: ``Trainer(...).fit(model, data)`` with exact resume.
 
-One loop serves every model of the course. Classifiers return logits (cross-entropy, accuracy);
-regression models return predictions (squared loss); models with ``returns_loss = True``
-(language models, the from-scratch models) return ``(logits, loss)`` when given targets.
-Metrics are sums over examples divided by the example count, never a mean of per-batch means,
-and stay on the device until the end of the epoch.
+One loop serves every task. The Trainer knows no task by name: a :class:`~divekit.engine.task.Task`
+(from the data's ``task`` field, or given as ``Trainer(task=...)``) turns a batch into a mean
+loss, says how many examples the batch holds, and names the metrics that evaluate a split. A
+batch may be any structure of tensors. The loss and every metric cover a whole split (never a
+mean of per-batch means), stay on the device until the end of the epoch, and are summed over
+processes under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from divekit.engine import distributed
@@ -31,12 +31,15 @@ from divekit.engine.checkpoint import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    write_atomically,
 )
 from divekit.engine.device import autocast, select_device
 from divekit.engine.finetune import param_groups
 from divekit.engine.history import History
+from divekit.engine.metrics import Mean
 from divekit.engine.plots import plot_history
 from divekit.engine.progress import ProgressReporter
+from divekit.engine.task import Output, Task, create_task, to_device
 from divekit.errors import DivekitError
 from divekit.optim import build_optimizer, build_scheduler
 
@@ -53,20 +56,22 @@ class Trainer:
     Args:
         max_epochs: passes over the training set.
         lr: peak learning rate.
+        optimizer: ``sgd``, ``adam``, ``adamw``, ``rmsprop``, ``adagrad``, or a callable
+            ``params -> torch.optim.Optimizer``.
+        task: what a batch means: a registered task name (``classification``,
+            ``regression``, ``language-model``, ...) or a :class:`~divekit.engine.task.Task`;
+            default: the ``task`` of the data given to ``fit`` (see :mod:`divekit.engine.task`).
         lr_mult: ``{pattern: multiplier}`` over parameter names: matched parameters train at
             ``lr * multiplier`` under every schedule, e.g. ``{"fc.*": 10}`` for a new head
             when fine-tuning (see :func:`divekit.engine.finetune.param_groups`). Frozen
             parameters (``requires_grad=False``) are left out of the optimizer.
-        optimizer: ``sgd``, ``adam``, ``adamw``, ``rmsprop``, ``adagrad``, or a callable
-            ``params -> torch.optim.Optimizer``.
         momentum, weight_decay, nesterov: optimizer hyperparameters.
         schedule: ``constant``, ``cosine``, ``onecycle`` or ``step``, stepped per optimizer step.
         warmup_epochs: linear warm-up length (may be fractional).
         grad_clip: clip the global gradient norm to this value.
-        accumulate: optimizer step every ``accumulate`` batches; the gradient equals that of
-            one batch ``accumulate`` times as large.
-        label_smoothing: for the classification loss.
-        loss_fn: ``(outputs, targets) -> mean loss``; default from the data's task.
+        accumulate: optimizer step every ``accumulate`` batches; each batch's loss is weighted
+            by its example count (``Task.count``: images, tokens, ...), so the gradient equals
+            that of one batch ``accumulate`` times as large.
         ema: keep an exponential moving average of the weights with this decay (e.g. 0.99,
             0.999): after each optimizer step ``avg = d * avg + (1 - d) * weights`` with
             ``d = min(ema, (1 + step) / (10 + step))``, so the first steps do not drag the
@@ -76,8 +81,12 @@ class Trainer:
             the epoch-to-epoch noise of SGD at a high constant learning rate (Polyak &
             Juditsky 1992).
         early_stopping: stop after this many epochs without improvement of ``monitor``.
-        monitor: metric that picks the best checkpoint (default: evaluation accuracy, or
-            evaluation loss for regression).
+        monitor: the metric that picks the best checkpoint: a full name (``"val_acc"``) or a
+            metric of the per-epoch evaluation split (``"acc"``, ``"loss"``, ``"bleu"``);
+            default: the task's (accuracy for classification, loss for regression, perplexity
+            for language models).
+        mode: ``"max"`` or ``"min"``: whether a larger ``monitor`` is better; default: the
+            metric's own ``higher_is_better`` (losses are minimised).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         amp: ``off``, ``bf16`` or ``fp16`` autocast.
         channels_last: store conv weights and image batches NHWC (faster conv kernels).
@@ -96,6 +105,7 @@ class Trainer:
         lr: float = 0.1,
         optimizer: str | Callable[[Iterable], torch.optim.Optimizer] = "sgd",
         *,
+        task: str | Task | None = None,
         lr_mult: dict[str, float] | None = None,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
@@ -104,11 +114,10 @@ class Trainer:
         warmup_epochs: float = 0.0,
         grad_clip: float | None = None,
         accumulate: int = 1,
-        label_smoothing: float = 0.0,
-        loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
         ema: float | None = None,
         early_stopping: int | None = None,
         monitor: str | None = None,
+        mode: str | None = None,
         device: str = "auto",
         amp: str = "off",
         channels_last: bool = False,
@@ -127,7 +136,12 @@ class Trainer:
         if ema is not None and not 0 <= ema < 1:
             raise DivekitError(f"ema is the decay of the weight average and must be in [0, 1), "
                                f"e.g. 0.99 or 0.999 (0 = no average); got {ema}")
+        if mode not in (None, "max", "min"):
+            raise DivekitError(f"mode must be 'max' or 'min' (is a larger {monitor or 'metric'} "
+                               f"better?), got {mode!r}")
         self.max_epochs, self.lr, self.optimizer_spec = max_epochs, lr, optimizer
+        self.task_spec = create_task(task) if task is not None else None
+        self.task: Task | None = self.task_spec
         self.ema = ema or None  # a decay of 0 averages nothing: the weights themselves
         if lr_mult and callable(optimizer):
             raise DivekitError("lr_mult needs a named optimizer; build a callable's parameter "
@@ -136,8 +150,7 @@ class Trainer:
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
         self.schedule, self.warmup_epochs = schedule, warmup_epochs
         self.grad_clip, self.accumulate = grad_clip, accumulate
-        self.label_smoothing = label_smoothing
-        self.loss_fn, self.monitor = loss_fn, monitor
+        self.monitor_spec, self.monitor, self.mode = monitor, monitor, mode
         self.device = distributed.join(select_device(device))
         self.rank, self.world_size = distributed.world()
         autocast(self.device, amp)  # validates amp for this device now, not mid-run
@@ -152,20 +165,24 @@ class Trainer:
         self.extra_config = dict(config or {})
         self.nan_check_every = nan_check_every
         self.history = History()
-        self.task = "classification"
+        self.directions: dict[str, bool | None] = {}
         self.epoch = 0
         self.global_step = 0
         self.stop_reason: str | None = None
 
     # ----------------------------------------------------------------- public API
     def fit(self, model: nn.Module, data, resume: bool | str | Path = False) -> History:
-        """Train ``model`` on ``data`` (a ``DataModule``); returns the per-epoch history.
+        """Train ``model`` on ``data``; returns the per-epoch history.
 
         Args:
+            data: a ``DataModule``, or any object with ``train_dataloader()``,
+                ``val_dataloader()`` (may return ``None``), ``test_dataloader()`` and, unless
+                the Trainer was given a task, ``task``. A loader may be divekit's or a
+                ``torch.utils.data.DataLoader``.
             resume: ``True`` continues from ``out_dir/checkpoints/last.pt``; a path continues
                 from that checkpoint. The result equals an uninterrupted run's.
         """
-        self.task = getattr(data, "task", "classification")
+        self.task = self._task_for(data)
         self.model = self._prepare(model)
         self.forward = self.model
         self.ema_model = None
@@ -185,9 +202,9 @@ class Trainer:
         self.eval_split = "val" if eval_loader is not None else "test"
         if eval_loader is None:
             eval_loader = data.test_dataloader()
-        self.monitor = self.monitor or (
-            f"{self.eval_split}_acc" if self.task == "classification" else f"{self.eval_split}_loss"
-        )
+        self.monitor = self.monitor_spec or self.task.monitor
+        if not self.monitor.startswith(("train_", "val_", "test_")):
+            self.monitor = f"{self.eval_split}_{self.monitor}"
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
         self.optimizer = self._build_optimizer()
         warmup_steps = round(self.warmup_epochs * self.steps_per_epoch)
@@ -201,7 +218,7 @@ class Trainer:
             self._restore(resume)
         else:
             seed_everything(self.seed + self.rank)  # other dropout masks on every replica
-            self._write_config(data)
+        self._write_config(data)  # also on resume: the settings now in force
         for callback in self.callbacks:
             callback.on_fit_start(self)
         try:
@@ -231,62 +248,90 @@ class Trainer:
         """Ask ``fit`` to stop after the current epoch (used by callbacks)."""
         self.stop_reason = reason
 
+    def higher_is_better(self, metric: str) -> bool:
+        """Whether a larger value of ``metric`` (e.g. ``"val_acc"``) is better: ``mode`` for
+        the monitored metric when given, else the metric's own direction."""
+        if self.mode is not None and metric == self.monitor:
+            return self.mode == "max"
+        direction = self.directions.get(metric)
+        if direction is None:
+            known = ", ".join(sorted(self.directions)) or "none yet"
+            raise DivekitError(f"the direction of {metric!r} is not known (metrics with a "
+                               f"direction: {known}); pass mode='max' or 'min'")
+        return direction
+
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, loader: Iterable, prefix: str = "test", task: str | None = None
+        self, model: nn.Module, loader: Iterable, prefix: str = "test",
+        task: str | Task | None = None,
     ) -> dict[str, float]:
-        """Loss (and accuracy for classifiers) over every example of ``loader``.
+        """The loss and the task's metrics over every example of ``loader``.
 
         Args:
-            task: ``classification``, ``regression`` or ``language-model``; default: the task
-                of the data last passed to ``fit``, else classification.
+            task: default: the Trainer's task (the data's, after ``fit``).
         """
-        self.task = task or self.task
+        task = create_task(task) if task is not None else self.task
+        if task is None:
+            raise DivekitError("evaluate needs a task: call fit first, or pass task= "
+                               "(e.g. 'classification') to the Trainer or to evaluate")
         model = self._prepare(model)
         was_training = model.training
         model.eval()
-        sums = _Sums(self.device)
+        meters = _Meters(task, prefix, self.device)
         for batch in self._shard(loader):
+            batch = to_device(batch, self.device, self.channels_last)
             with autocast(self.device, self.amp):
-                loss, outputs, targets = self._loss(model, batch)
-            sums.add(loss, outputs, targets, self.task)
+                output = task.step(model, batch)
+            meters.add(output, batch, task.count(batch))
         model.train(was_training)
-        return sums.metrics(prefix, self.task)
+        return self._computed(meters, prefix)
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, inputs: torch.Tensor | Iterable) -> torch.Tensor:
-        """Model outputs for a tensor of inputs or a loader of ``(inputs, ...)`` batches."""
+    def predict(self, model: nn.Module, inputs: torch.Tensor | Iterable) -> Any:
+        """Model outputs for a tensor of inputs or a loader of batches (the task's inputs).
+
+        Returns one tensor when every output is a tensor, else a list (e.g. detections).
+        """
+        task = self.task or Task()
         model = self._prepare(model)
         was_training = model.training
         model.eval()
-        batches = inputs.split(1024) if isinstance(inputs, torch.Tensor) else (b[0] for b in inputs)
+        batches = inputs.split(1024) if isinstance(inputs, torch.Tensor) else (
+            task.inputs(batch) for batch in inputs)
         outputs = []
         for x in batches:
             with autocast(self.device, self.amp):
-                out = model(self._to_device(x))
-            outputs.append((out[0] if isinstance(out, tuple) else out).float().cpu())
+                out = task.predict(model, to_device(x, self.device, self.channels_last))
+            if isinstance(out, torch.Tensor):
+                outputs.append(out.float().cpu())
+            else:
+                outputs.extend(out)
         model.train(was_training)
-        return torch.cat(outputs)
+        if outputs and all(isinstance(out, torch.Tensor) for out in outputs):
+            return torch.cat(outputs)
+        return outputs
 
     def running_loss(self) -> float:
         """This process's mean training loss of the epoch so far (synchronises the device)."""
-        return self._sums.loss.item() / max(self._sums.count, 1)
+        return self._meters.loss.local()
 
     # ----------------------------------------------------------------- the loop
     def _train_epoch(self) -> dict[str, float]:
         self.model.train()
-        self.train_loader.set_epoch(self.epoch)
+        _set_epoch(self.train_loader, self.epoch)
         for callback in self.callbacks:
             callback.on_epoch_start(self)
-        self._sums = _Sums(self.device)
+        self._meters = _Meters(self.task, "train", self.device)
         start = time.perf_counter()
         for step, group in enumerate(_groups(iter(self.train_loader), self.accumulate), 1):
-            total = sum(batch[-1].numel() for batch in group)
-            for batch in group:
+            group = [to_device(batch, self.device, self.channels_last) for batch in group]
+            counts = [self.task.count(batch) for batch in group]
+            total = self._total(counts)
+            for batch, count in zip(group, counts, strict=True):
                 with autocast(self.device, self.amp):
-                    loss, outputs, targets = self._loss(self.forward, batch)
-                self._sums.add(loss.detach(), outputs, targets, self.task)
-                self.scaler.scale(loss * (targets.numel() / total)).backward()
+                    output = self.task.step(self.forward, batch)
+                self._meters.add(output, batch, count)
+                self.scaler.scale(output.loss * self._weight(count, total, output)).backward()
             if self.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -303,11 +348,32 @@ class Trainer:
                 callback.on_step_end(self)
         self._check_finite()
         seconds = time.perf_counter() - start
-        metrics = self._sums.metrics("train", self.task)
+        metrics = self._computed(self._meters, "train")
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["train_time"] = seconds
-        metrics["examples_per_s"] = self._sums.count * self.world_size / max(seconds, 1e-9)
+        metrics["examples_per_s"] = self._meters.loss.examples() / max(seconds, 1e-9)
         return metrics
+
+    def _total(self, counts: list) -> int | torch.Tensor:
+        """Examples in one optimizer step's batches, over all processes."""
+        total = sum(counts)
+        if self.world_size > 1:
+            total = distributed.all_reduce_sum(
+                torch.as_tensor(total, dtype=torch.float64, device=self.device))
+        return total
+
+    def _weight(self, count, total, output: Output):
+        """The share of one batch in the step's gradient: its examples over the step's.
+
+        DistributedDataParallel averages gradients over processes, hence the world size.
+        """
+        weight = count * self.world_size / total
+        return weight.to(output.loss.dtype) if isinstance(weight, torch.Tensor) else weight
+
+    def _computed(self, meters: _Meters, prefix: str) -> dict[str, float]:
+        values, directions = meters.compute(prefix)
+        self.directions.update(directions)
+        return values
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -318,41 +384,37 @@ class Trainer:
             else:  # counters such as BatchNorm's num_batches_tracked
                 average.copy_(current)
 
-    def _loss(self, model, batch) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        inputs, targets = self._to_device(batch[0]), batch[-1].to(self.device, non_blocking=True)
-        if self.loss_fn is None and _returns_loss(model):
-            outputs, loss = model(inputs, targets)
-            return loss, outputs, targets
-        outputs = model(inputs)
-        loss_fn = self.loss_fn or self._default_loss
-        return loss_fn(outputs, targets), outputs, targets
-
-    def _default_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.task == "regression":
-            return F.mse_loss(outputs.float(), targets.reshape(outputs.shape).float())
-        return F.cross_entropy(outputs.float(), targets, label_smoothing=self.label_smoothing)
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    def _task_for(self, data) -> Task:
+        if self.task_spec is not None:
+            task = self.task_spec
+        else:
+            name = getattr(data, "task", None)
+            if name is None:
+                raise DivekitError("the data has no task attribute; pass task= to the Trainer "
+                                   "(e.g. 'classification' or a Task object)")
+            task = create_task(name)
+        task.setup(data)
+        return task
 
     def _shard(self, loader):
         """This process's share of ``loader`` under ``torchrun``; the loader itself otherwise."""
-        if self.world_size > 1:
-            if not hasattr(loader, "shard"):
-                raise DivekitError("distributed training needs loaders with a shard(rank, "
-                                   "world_size) method, such as divekit's TensorLoader")
-            loader = loader.shard(self.rank, self.world_size)
-        return loader
+        if self.world_size == 1:
+            return loader
+        if hasattr(loader, "shard"):
+            return loader.shard(self.rank, self.world_size)
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            return loader
+        raise DivekitError("distributed training needs loaders that shard: divekit's "
+                           "TensorLoader/DatasetLoader, or a DataLoader with a DistributedSampler")
 
     def _check_finite(self) -> None:
-        if not self._sums.finite():
+        loss = self._meters.loss.compute().item()
+        if not math.isfinite(loss):
             where = self.out_dir / "checkpoints" / "last.pt" if self.out_dir else None
             kept = f" The last good checkpoint is {where}." if where and where.exists() else ""
             raise TrainingDiverged(
-                f"training loss became {self.running_loss()} in epoch {self.epoch + 1} "
+                f"training loss became {loss} in epoch {self.epoch + 1} "
                 f"(step {self.global_step}); lower the learning rate (now "
                 f"{self.optimizer.param_groups[0]['lr']:.3g}), set a gradient clip, or check "
                 f"the data for NaN/inf.{kept}"
@@ -376,14 +438,18 @@ class Trainer:
         settings = {
             key: getattr(self, key) for key in (
                 "max_epochs", "lr", "lr_mult", "momentum", "weight_decay", "nesterov", "schedule",
-                "warmup_epochs", "grad_clip", "accumulate", "label_smoothing", "ema", "monitor",
-                "amp", "channels_last", "compile", "seed",
+                "warmup_epochs", "grad_clip", "accumulate", "ema", "monitor", "mode", "amp",
+                "channels_last", "compile", "seed",
             )
         }
         settings["optimizer"] = self.optimizer_spec if isinstance(self.optimizer_spec, str) \
             else repr(self.optimizer_spec)
         settings["device"] = str(self.device)
-        return {**self.extra_config, "trainer": settings}
+        config = dict(self.extra_config)
+        if self.task is not None:
+            config["task"] = getattr(self.task, "name", type(self.task).__name__)
+            config["task_options"] = self.task.options()
+        return {**config, "trainer": settings}
 
     def _write_config(self, data) -> None:
         if self.out_dir is None or self.rank != 0:
@@ -391,14 +457,15 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         config = self.config()
         config["data_summary"] = repr(data)
-        (self.out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_atomically(self.out_dir / "config.json", json.dumps(config, indent=2) + "\n")
 
     def _save(self, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
             raise DivekitError(f"monitor {self.monitor!r} is not a metric of this run; "
                                f"choose from: {', '.join(sorted(metrics))}")
         value, best = metrics[self.monitor], self.best["value"]
-        better = best is None or (value > best if self.monitor.endswith("acc") else value < best)
+        sign = 1 if self.higher_is_better(self.monitor) else -1
+        better = best is None or sign * (value - best) > 0
         if better:
             self.best = {"value": value, "epoch": self.epoch}
         if self.out_dir is None:
@@ -420,7 +487,8 @@ class Trainer:
             "history": list(self.history),
             "best": self.best,
             "stop_reason": self.stop_reason,
-            "callbacks": [callback.state_dict() for callback in self.callbacks],
+            "callbacks": {key: callback.state_dict()
+                          for key, callback in _keyed(self.callbacks).items()},
             "config": self.config(),
         }
         folder = self.out_dir / "checkpoints"
@@ -450,52 +518,75 @@ class Trainer:
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.history = History(state["history"])
         self.best, self.stop_reason = state["best"], state["stop_reason"]
-        for callback, callback_state in zip(self.callbacks, state["callbacks"], strict=False):
-            callback.load_state_dict(callback_state)
+        saved = state["callbacks"]
+        if isinstance(saved, list):  # checkpoints before callback state was keyed by name
+            saved = dict(zip(_keyed(self.callbacks), saved, strict=False))
+        for key, callback in _keyed(self.callbacks).items():
+            if key in saved:
+                callback.load_state_dict(saved[key])
 
 
-class _Sums:
-    """Loss and correct-prediction sums kept on the device; the example count in Python."""
+class _Meters:
+    """One split's example-weighted loss, the named parts of the loss, and the task's metrics."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.count = 0
+    def __init__(self, task: Task, split: str, device: torch.device) -> None:
+        self.task, self.device = task, device
+        self.loss = Mean(device)
+        self.parts: dict[str, Mean] = {}
+        self.metrics = {name: metric.to(device) for name, metric in task.metrics(split).items()}
+        if "loss" in self.metrics:
+            raise DivekitError(f"{type(task).__name__}.metrics() names a metric 'loss'; the "
+                               "Trainer reports the loss itself: rename the metric")
 
-    def add(self, loss: torch.Tensor, outputs, targets: torch.Tensor, task: str) -> None:
-        if task == "classification" and targets.is_floating_point():  # soft labels (mixup)
-            targets = targets.argmax(-1)
-        count = targets.numel()
-        self.loss += loss.detach().double() * count
-        if task != "regression":
-            self.correct += (outputs.argmax(-1) == targets).sum()
-        self.count += count
+    def add(self, output: Output, batch: Any, count: int | torch.Tensor) -> None:
+        self.loss.update(output.loss, count)
+        for name, value in output.parts.items():
+            self.parts.setdefault(name, Mean(self.device)).update(value, count)
+        if self.metrics:
+            with torch.no_grad():
+                self.task.update(self.metrics, output, batch)
 
-    def totals(self) -> tuple[float, float, float]:
-        """Loss sum, correct count and example count over all processes."""
-        values = torch.stack([self.loss, self.correct.double(),
-                              torch.tensor(float(self.count), device=self.loss.device,
-                                           dtype=torch.float64)])
-        loss, correct, count = distributed.all_reduce_sum(values).tolist()
-        return loss, correct, max(count, 1)
-
-    def finite(self) -> bool:
-        return math.isfinite(self.totals()[0])
-
-    def metrics(self, prefix: str, task: str) -> dict[str, float]:
-        loss_sum, correct, count = self.totals()
-        loss = loss_sum / count
-        metrics = {f"{prefix}_loss": loss}
-        if task == "classification":
-            metrics[f"{prefix}_acc"] = correct / count
-        elif task == "language-model":
-            metrics[f"{prefix}_ppl"] = math.exp(min(loss, 50.0))
-        return metrics
+    def compute(self, prefix: str) -> tuple[dict[str, float], dict[str, bool | None]]:
+        """``{prefix_name: value}`` and, for each, whether larger is better."""
+        values: dict[str, float] = {}
+        directions: dict[str, bool | None] = {}
+        meters = {"loss": self.loss, **self.parts, **self.metrics}
+        for name, meter in meters.items():
+            higher = getattr(meter, "higher_is_better", None)
+            for key, value in _scalars(name, meter.compute()):
+                values[f"{prefix}_{key}"] = value
+                directions[f"{prefix}_{key}"] = higher
+        return values, directions
 
 
-def _returns_loss(model: nn.Module) -> bool:
-    """Whether ``model(x, targets)`` returns ``(outputs, loss)``; looks through a DDP wrapper."""
-    return getattr(getattr(model, "module", model), "returns_loss", False)
+def _scalars(name: str, value: Any) -> list[tuple[str, float]]:
+    """A metric's result as named numbers: a dict result (e.g. mAP's) gives one per scalar key."""
+    if isinstance(value, Mapping):
+        return [(key, float(v)) for key, v in value.items()
+                if not isinstance(v, torch.Tensor) or v.numel() == 1]
+    return [(name, float(value))]
+
+
+def _keyed(callbacks: Sequence[Callback]) -> dict[str, Callback]:
+    """Callbacks by a stable name (class name; ``#2``, ``#3`` for repeats) for checkpoints."""
+    keyed: dict[str, Callback] = {}
+    for callback in callbacks:
+        key = base = getattr(callback, "state_key", type(callback).__name__)
+        repeat = 1
+        while key in keyed:
+            repeat += 1
+            key = f"{base}#{repeat}"
+        keyed[key] = callback
+    return keyed
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    """Select the shuffle of ``epoch`` on a divekit loader or a DataLoader's sampler."""
+    for target in (loader, getattr(loader, "sampler", None),
+                   getattr(loader, "batch_sampler", None)):
+        if hasattr(target, "set_epoch"):
+            target.set_epoch(epoch)
+            return
 
 
 def _groups(batches: Iterator, size: int) -> Iterator[list]:
