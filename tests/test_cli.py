@@ -136,6 +136,34 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     assert metric_rows(killed) == metric_rows(tmp_path / "full")
 
 
+def test_sigterm_checkpoints_the_step_and_resume_equals_the_uninterrupted_run(tmp_path):
+    # A pre-empted job: SIGTERM mid-epoch, a one-line message, exit 128 + 15, then --resume.
+    args = ["train", "lenet-bn", *FAST, "--epochs", "4", "--schedule", "cosine", "--seed", "3",
+            "--tensorboard"]
+    divekit(*args, "--out", tmp_path / "full")
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-m", "divekit", *args, "--out", str(stopped)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (stopped / "metrics.csv").exists():
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    assert "stopped by SIGTERM" in stderr and "--resume" in stderr
+    state = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert state["epoch"] < 4
+
+    result = divekit("train", "--resume", stopped)
+    assert result.stdout.strip().splitlines()[-1] == (
+        divekit("eval", tmp_path / "full", "--checkpoint", "last").stdout.strip())
+    assert metric_rows(stopped) == metric_rows(tmp_path / "full")
+    assert (stopped / "tensorboard").is_dir()
+
+
 def test_recipe_show_and_run_with_overrides(tmp_path, capsys):
     shown = cli(capsys, "recipe", "show", "lenet-fashion-mnist")[1]
     assert "0.779" in shown and "lr': 0.9" in shown

@@ -16,6 +16,7 @@ from divekit.data import DATASETS, load_data, show_batch
 from divekit.data.augment import AUGMENT_GRAMMAR
 from divekit.engine import distributed
 from divekit.engine.device import AMP_CHOICES
+from divekit.engine.signals import TrainingInterrupted
 from divekit.errors import DivekitError
 from divekit.models import MODELS, count_parameters, summary_for
 from divekit.optim import OPTIMIZERS, SCHEDULES
@@ -25,7 +26,7 @@ from divekit.recipes import RECIPES
 TRAINER_FLAGS = (
     "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
     "grad_clip", "accumulate", "ema", "early_stopping", "seed", "device", "amp",
-    "channels_last", "compile",
+    "channels_last", "compile", "checkpoint_every", "tensorboard",
 )
 
 
@@ -139,6 +140,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--channels-last", action="store_true", default=None, help="NHWC memory format")
     add("--compile", action="store_true", default=None, help="torch.compile the model")
     add("--out", type=Path, metavar="RUN_DIR", help="run directory (default runs/MODEL-DATA-TIME)")
+    add("--checkpoint-every", type=_positive_int, metavar="STEPS",
+        help="also checkpoint every STEPS optimizer steps inside an epoch (a kill loses at most "
+             "that many)")
+    add("--tensorboard", action="store_true", default=None,
+        help="write TensorBoard event files to RUN_DIR/tensorboard")
     add("--quiet", action="store_true", help="no progress output, only the final line")
 
 
@@ -222,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     except DivekitError as e:
         print(f"divekit: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # SIGINT/SIGTERM: the step was finished and checkpointed
+        print(f"divekit: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("divekit: interrupted; the last completed epoch's checkpoint is kept "
+        print("divekit: interrupted; the last checkpoint is kept "
               "(continue with `divekit train --resume RUN_DIR`)", file=sys.stderr)
         return 130
 

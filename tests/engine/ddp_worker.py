@@ -1,4 +1,7 @@
-"""Run by tests/engine/test_distributed.py under torchrun: train and write the final weights."""
+"""Run by tests/engine/test_distributed.py under torchrun: train and write the final weights.
+
+Usage: ddp_worker.py OUT_DIR PER_PROCESS_BATCH [blobs|streamed|tokens]
+"""
 
 import sys
 
@@ -7,16 +10,29 @@ import torch
 import divekit as dk
 from divekit.data import DataModule
 from tests.conftest import blobs
+from tests.engine.test_interrupts import Examples
+from tests.engine.test_tasks import Tagging, padded_tagging_data, tagger
 
 
-def main(out_dir: str, per_process_batch: int) -> None:
+def main(out_dir: str, per_process_batch: int, kind: str = "blobs") -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
-    data = DataModule("blobs", blobs(512), blobs(101, sample_seed=1), batch_size=per_process_batch,
-                      class_names=list("abcd"))
-    dk.Trainer(max_epochs=2, lr=0.5, momentum=0.9, out_dir=out_dir, progress=False).fit(model, data)
+    trainer = dk.Trainer(max_epochs=2, lr=0.5, momentum=0.9, out_dir=out_dir, progress=False)
+    if kind == "blobs":
+        data = DataModule("blobs", blobs(512), blobs(101, sample_seed=1),
+                          batch_size=per_process_batch, class_names=list("abcd"))
+    elif kind == "streamed":  # read through a worker process per replica
+        data = DataModule("blobs", Examples(*blobs(512)), Examples(*blobs(101, sample_seed=1)),
+                          batch_size=per_process_batch, class_names=list("abcd"), num_workers=1)
+    else:  # padded sentences: the replicas' shards hold different numbers of real tokens
+        data = DataModule("tags", padded_tagging_data(), padded_tagging_data(seed=1),
+                          batch_size=per_process_batch, task="unused")
+        model = tagger()
+        trainer = dk.Trainer(max_epochs=2, lr=0.5, task=Tagging(), out_dir=out_dir,
+                             progress=False)
+    trainer.fit(model, data)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])

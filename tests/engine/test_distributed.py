@@ -10,20 +10,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_worker(out_dir: Path, processes: int, per_process_batch: int) -> None:
+def run_worker(out_dir: Path, processes: int, per_process_batch: int, kind="blobs") -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={processes}", str(ROOT / "tests" / "engine" / "ddp_worker.py"),
-               str(out_dir), str(per_process_batch)]
+               str(out_dir), str(per_process_batch), kind]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
-    # 2 processes x 16 examples per step == 1 process x 32: same batches, same averaged gradient.
-    run_worker(tmp_path / "ddp", processes=2, per_process_batch=16)
-    run_worker(tmp_path / "single", processes=1, per_process_batch=32)
+@pytest.mark.parametrize("kind", ["blobs", "streamed"])
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, kind):
+    # 2 processes x 16 examples per step == 1 process x 32: same batches, same averaged gradient,
+    # for tensors in memory and for a dataset read by worker processes.
+    run_worker(tmp_path / "ddp", processes=2, per_process_batch=16, kind=kind)
+    run_worker(tmp_path / "single", processes=1, per_process_batch=32, kind=kind)
 
     ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     single = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)
@@ -37,3 +39,20 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     for a, b in zip(ddp_rows, single_rows, strict=True):
         assert a["test_acc"] == pytest.approx(b["test_acc"])  # 101 test examples, uneven shards
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_token_weighted_loss_under_two_processes_equals_the_global_batch(tmp_path):
+    # The replicas' shards of a batch hold different numbers of real (unpadded) tokens: each
+    # replica's mean is weighted by its share of the step's tokens over both processes.
+    run_worker(tmp_path / "ddp", processes=2, per_process_batch=8, kind="tokens")
+    run_worker(tmp_path / "single", processes=1, per_process_batch=16, kind="tokens")
+    ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
+    single = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)
+    for name, tensor in single["model"].items():
+        torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-6)
+    ddp_rows = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single_rows = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    for a, b in zip(ddp_rows, single_rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)

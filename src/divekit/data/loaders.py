@@ -53,7 +53,7 @@ class ShuffledBatches:
     ``num_examples`` and ``__iter__``.
     """
 
-    epoch, rank, world_size = 0, 0, 1
+    epoch, rank, world_size, skipped = 0, 0, 1, 0
 
     def shard(self, rank: int, world_size: int):
         """Iterate only this process's share: every ``world_size``-th example from ``rank``.
@@ -70,6 +70,15 @@ class ShuffledBatches:
     def set_epoch(self, epoch: int) -> None:
         """Select the order of ``epoch`` (like ``DistributedSampler.set_epoch``)."""
         self.epoch = epoch
+
+    def skip_batches(self, count: int) -> None:
+        """Start the next iteration at batch ``count`` of the epoch, without reading (or
+        transforming) the batches before it: a run resumed inside an epoch."""
+        self.skipped = count
+
+    def _take_skipped(self) -> int:
+        count, self.skipped = self.skipped, 0
+        return count
 
     def __len__(self) -> int:
         n, b = self.num_examples, self.batch_size
@@ -128,7 +137,8 @@ class TensorLoader(ShuffledBatches):
             order = epoch_order(len(self.tensors[0]), shuffle=self.shuffle, seed=self.seed,
                                 epoch=self.epoch, rank=self.rank, world_size=self.world_size)
             order = order.to(self.tensors[0].device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        first = self._take_skipped() * self.batch_size
+        for start in range(first, len(self) * self.batch_size, self.batch_size):
             if order is None:
                 batch = tuple(t[start : start + self.batch_size] for t in self.tensors)
             else:

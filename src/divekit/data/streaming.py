@@ -182,9 +182,14 @@ class DatasetLoader(ShuffledBatches):
     def dataloader(self) -> DataLoader:
         """The ``DataLoader`` of the current epoch (without ``transform``)."""
         workers = self.num_workers > 0
+        indices = self.sampler()
+        if skipped := self._take_skipped():
+            # Exact for deterministic examples; randomness inside __getitem__ comes from
+            # worker generators that have not made the skipped draws.
+            indices = list(indices)[skipped * self.batch_size:]
         return DataLoader(
             self.dataset,
-            batch_sampler=BatchSampler(self.sampler(), self.batch_size, self.drop_last),
+            batch_sampler=BatchSampler(indices, self.batch_size, self.drop_last),
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

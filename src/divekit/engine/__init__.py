@@ -7,10 +7,11 @@ from divekit.engine.device import select_device
 from divekit.engine.history import History
 from divekit.engine.progress import ProgressReporter
 from divekit.engine.task import Output, Task, create_task, register_task
+from divekit.engine.signals import TrainingInterrupted
 from divekit.engine.trainer import Trainer, TrainingDiverged
 
 __all__ = [
     "Callback", "EarlyStopping", "History", "Output", "ProgressReporter", "Task", "Trainer",
-    "TrainingDiverged", "create_task", "load_checkpoint", "register_task", "save_checkpoint",
-    "seed_everything", "select_device",
+    "TrainingDiverged", "TrainingInterrupted", "create_task", "load_checkpoint", "register_task",
+    "save_checkpoint", "seed_everything", "select_device",
 ]

@@ -24,6 +24,9 @@ class Callback:
 
     def on_fit_end(self, trainer) -> None: ...
 
+    def on_exception(self, trainer, error: BaseException) -> None:
+        """``fit`` is leaving because of ``error`` (a failure, an interrupt); it re-raises."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -1,18 +1,22 @@
-"""Metrics the Trainer keeps itself: the example-weighted mean loss and perplexity.
+"""Metrics the Trainer keeps itself, and the set of meters that evaluates one split.
 
 Every other metric comes from its task, as an object with torchmetrics' interface (``update``,
 ``compute``, ``reset``, ``to``, ``higher_is_better``). These two are means of a number the loop
 already has (each batch's mean loss), weighted by the batch's example count, so they cost one
 multiply-add per batch, stay on the device until ``compute`` and are summed over processes.
+:class:`SplitMeters` holds one split's loss, the named parts of the loss and the task's metrics.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from divekit.engine import distributed
+from divekit.engine.task import Output, Task
+from divekit.errors import DivekitError
 
 
 class Mean:
@@ -42,6 +46,11 @@ class Mean:
         self.total += value.detach().double() * count
         self.count += count
 
+    @property
+    def metric_state(self) -> dict[str, torch.Tensor]:
+        """The running sums (torchmetrics' name for a metric's state)."""
+        return {"total": self.total, "count": self.count}
+
     def local(self) -> float:
         """This process's mean so far (synchronises the device, not the processes)."""
         return (self.total / self.count.clamp(min=1)).item()
@@ -68,5 +77,58 @@ class Perplexity(Mean):
         return super().compute().clamp(max=50.0).exp()
 
 
-def finite(value: float) -> bool:
-    return math.isfinite(value)
+class SplitMeters:
+    """One split's example-weighted loss, the named parts of the loss, and the task's metrics."""
+
+    def __init__(self, task: Task, split: str, device: torch.device) -> None:
+        self.task, self.device = task, device
+        self.loss = Mean(device)
+        self.parts: dict[str, Mean] = {}
+        self.metrics = {name: metric.to(device) for name, metric in task.metrics(split).items()}
+        if "loss" in self.metrics:
+            raise DivekitError(f"{type(task).__name__}.metrics() names a metric 'loss'; the "
+                               "Trainer reports the loss itself: rename the metric")
+
+    def add(self, output: Output, batch: Any, count: int | torch.Tensor) -> None:
+        self.loss.update(output.loss, count)
+        for name, value in output.parts.items():
+            self.parts.setdefault(name, Mean(self.device)).update(value, count)
+        if self.metrics:
+            with torch.no_grad():
+                self.task.update(self.metrics, output, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums, for a checkpoint taken inside an epoch."""
+        return {"loss": self.loss.metric_state,
+                "parts": {name: part.metric_state for name, part in self.parts.items()},
+                "metrics": {name: dict(metric.metric_state)
+                            for name, metric in self.metrics.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for meter, saved in [(self.loss, state["loss"]),
+                             *((self.parts.setdefault(name, Mean(self.device)), part)
+                               for name, part in state["parts"].items()),
+                             *((self.metrics[name], values)
+                               for name, values in state["metrics"].items())]:
+            for attribute, value in saved.items():
+                setattr(meter, attribute, value)
+
+    def compute(self, prefix: str) -> tuple[dict[str, float], dict[str, bool | None]]:
+        """``{prefix_name: value}`` and, for each, whether larger is better."""
+        values: dict[str, float] = {}
+        directions: dict[str, bool | None] = {}
+        meters = {"loss": self.loss, **self.parts, **self.metrics}
+        for name, meter in meters.items():
+            higher = getattr(meter, "higher_is_better", None)
+            for key, value in _scalars(name, meter.compute()):
+                values[f"{prefix}_{key}"] = value
+                directions[f"{prefix}_{key}"] = higher
+        return values, directions
+
+
+def _scalars(name: str, value: Any) -> list[tuple[str, float]]:
+    """A metric's result as named numbers: a dict result (e.g. mAP's) gives one per scalar key."""
+    if isinstance(value, Mapping):
+        return [(key, float(v)) for key, v in value.items()
+                if not isinstance(v, torch.Tensor) or v.numel() == 1]
+    return [(name, float(value))]

@@ -11,10 +11,9 @@ processes under ``torchrun``.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -28,22 +27,24 @@ from divekit.engine.checkpoint import (
     inference_weights,
     load_checkpoint,
     rng_state,
-    save_checkpoint,
     seed_everything,
     set_rng_state,
-    write_atomically,
 )
 from divekit.engine.device import autocast, select_device
 from divekit.engine.finetune import param_groups
 from divekit.engine.history import History
-from divekit.engine.metrics import Mean
-from divekit.engine.plots import plot_history
+from divekit.engine.metrics import SplitMeters
 from divekit.engine.progress import ProgressReporter
+from divekit.engine.run_folder import RunFolder, TensorBoardLogger
+from divekit.engine.signals import Signals, TrainingInterrupted
 from divekit.engine.task import Output, Task, create_task, to_device
 from divekit.errors import DivekitError
 from divekit.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FORMAT = 1
+
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 
 class TrainingDiverged(DivekitError):
@@ -93,6 +94,10 @@ class Trainer:
         compile: wrap the model in ``torch.compile``.
         seed: seeds every generator at the start of ``fit``.
         out_dir: run directory for config, metrics, plots and checkpoints; ``None`` writes nothing.
+        checkpoint_every: also checkpoint every this many optimizer steps inside an epoch
+            (needs ``out_dir``), so a kill loses at most that many steps; a resumed run still
+            ends exactly as an uninterrupted one.
+        tensorboard: write TensorBoard event files to ``out_dir/tensorboard``.
         progress: show progress (a bar on a terminal, one line per epoch otherwise).
         callbacks: extra :class:`Callback` objects.
         config: extra entries recorded in ``config.json`` (the CLI stores model and data here).
@@ -124,6 +129,8 @@ class Trainer:
         compile: bool = False,
         seed: int = 0,
         out_dir: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        tensorboard: bool = False,
         progress: bool = True,
         callbacks: Sequence[Callback] = (),
         config: dict[str, Any] | None = None,
@@ -157,11 +164,21 @@ class Trainer:
         self.amp, self.channels_last, self.compile = amp, channels_last, compile
         self.seed = seed
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if checkpoint_every is not None:
+            _check_positive_int("checkpoint_every", checkpoint_every)
+        if (checkpoint_every or tensorboard) and self.out_dir is None:
+            raise DivekitError("checkpoint_every and tensorboard write into the run directory: "
+                               "give out_dir as well")
+        self.checkpoint_every, self.tensorboard = checkpoint_every, tensorboard
         self.callbacks: list[Callback] = list(callbacks)
         if early_stopping:
             self.callbacks.append(EarlyStopping(patience=early_stopping))
         if progress and self.rank == 0:
             self.callbacks.append(ProgressReporter())
+        if tensorboard:
+            self.callbacks.append(TensorBoardLogger(self.out_dir / "tensorboard"))
+        if self.out_dir is not None:  # last: it checkpoints what the others decided
+            self.callbacks.append(RunFolder(self.out_dir, every_n_steps=checkpoint_every))
         self.extra_config = dict(config or {})
         self.nan_check_every = nan_check_every
         self.history = History()
@@ -183,6 +200,7 @@ class Trainer:
                 from that checkpoint. The result equals an uninterrupted run's.
         """
         self.task = self._task_for(data)
+        self.data_summary = repr(data)
         self.model = self._prepare(model)
         self.forward = self.model
         self.ema_model = None
@@ -212,30 +230,33 @@ class Trainer:
                                          self.max_epochs * self.steps_per_epoch,
                                          warmup_steps=warmup_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        self.history, self.epoch, self.global_step, self.stop_reason = History(), 0, 0, None
-        self.best = {"value": None, "epoch": None}
+        self.history, self.stop_reason = History(), None
+        self.epoch = self.global_step = self.step_in_epoch = 0
+        self.best, self.improved, self._resumed_meters = {"value": None, "epoch": None}, False, None
         if resume:
-            self._restore(resume)
+            self.load_state_dict(self._checkpoint(resume))
         else:
             seed_everything(self.seed + self.rank)  # other dropout masks on every replica
-        self._write_config(data)  # also on resume: the settings now in force
         for callback in self.callbacks:
             callback.on_fit_start(self)
-        try:
-            while self.epoch < self.max_epochs and self.stop_reason is None:
-                metrics = self._train_epoch()
-                evaluated = self.model if self.ema_model is None else self.ema_model
-                metrics.update(self.evaluate(evaluated, eval_loader, prefix=self.eval_split))
-                self.epoch += 1
-                metrics["epoch"] = self.epoch
-                self.history.append(dict(sorted(metrics.items(), key=_column_order)))
+        with Signals(self) as self._signals:
+            try:
+                while self.epoch < self.max_epochs and self.stop_reason is None:
+                    metrics = self._train_epoch()
+                    evaluated = self.model if self.ema_model is None else self.ema_model
+                    metrics.update(self.evaluate(evaluated, eval_loader, prefix=self.eval_split))
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                    metrics["epoch"] = self.epoch
+                    self.history.append(dict(sorted(metrics.items(), key=_column_order)))
+                    self._track_best(metrics)
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(self, metrics)
+                    self._signals.check(save=False)  # the epoch's checkpoint is written
+            except BaseException as error:
                 for callback in self.callbacks:
-                    callback.on_epoch_end(self, metrics)
-                self._save(metrics)
-        finally:
-            # Drawn once, also when the run stops early or fails: a plot costs ~0.5 s.
-            if self.out_dir is not None and self.history and self.rank == 0:
-                plot_history(self.history, self.out_dir / "curves.png")
+                    callback.on_exception(self, error)
+                raise
         if self.ema_model is not None:
             self.model.load_state_dict(self.ema_model.state_dict())
         for callback in self.callbacks:
@@ -277,7 +298,7 @@ class Trainer:
         model = self._prepare(model)
         was_training = model.training
         model.eval()
-        meters = _Meters(task, prefix, self.device)
+        meters = SplitMeters(task, prefix, self.device)
         for batch in self._shard(loader):
             batch = to_device(batch, self.device, self.channels_last)
             with autocast(self.device, self.amp):
@@ -321,9 +342,13 @@ class Trainer:
         _set_epoch(self.train_loader, self.epoch)
         for callback in self.callbacks:
             callback.on_epoch_start(self)
-        self._meters = _Meters(self.task, "train", self.device)
+        self._meters = SplitMeters(self.task, "train", self.device)
+        if self._resumed_meters is not None:  # resumed inside this epoch
+            self._meters.load_state_dict(self._resumed_meters)
+            self._resumed_meters = None
+        batches = _skip(self.train_loader, self.step_in_epoch * self.accumulate)
         start = time.perf_counter()
-        for step, group in enumerate(_groups(iter(self.train_loader), self.accumulate), 1):
+        for group in _groups(batches, self.accumulate):
             group = [to_device(batch, self.device, self.channels_last) for batch in group]
             counts = [self.task.count(batch) for batch in group]
             total = self._total(counts)
@@ -340,12 +365,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.global_step += 1
+            self.step_in_epoch += 1
             if self.ema_model is not None:
                 self._update_ema()
-            if step % self.nan_check_every == 0:
+            if self.step_in_epoch % self.nan_check_every == 0:
                 self._check_finite()
             for callback in self.callbacks:
                 callback.on_step_end(self)
+            self._signals.check(save=True)
         self._check_finite()
         seconds = time.perf_counter() - start
         metrics = self._computed(self._meters, "train")
@@ -370,7 +397,7 @@ class Trainer:
         weight = count * self.world_size / total
         return weight.to(output.loss.dtype) if isinstance(weight, torch.Tensor) else weight
 
-    def _computed(self, meters: _Meters, prefix: str) -> dict[str, float]:
+    def _computed(self, meters: SplitMeters, prefix: str) -> dict[str, float]:
         values, directions = meters.compute(prefix)
         self.directions.update(directions)
         return values
@@ -451,30 +478,22 @@ class Trainer:
             config["task_options"] = self.task.options()
         return {**config, "trainer": settings}
 
-    def _write_config(self, data) -> None:
-        if self.out_dir is None or self.rank != 0:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        config = self.config()
-        config["data_summary"] = repr(data)
-        write_atomically(self.out_dir / "config.json", json.dumps(config, indent=2) + "\n")
-
-    def _save(self, metrics: dict[str, float]) -> None:
+    def _track_best(self, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
             raise DivekitError(f"monitor {self.monitor!r} is not a metric of this run; "
                                f"choose from: {', '.join(sorted(metrics))}")
         value, best = metrics[self.monitor], self.best["value"]
         sign = 1 if self.higher_is_better(self.monitor) else -1
-        better = best is None or sign * (value - best) > 0
-        if better:
+        self.improved = best is None or sign * (value - best) > 0
+        if self.improved:
             self.best = {"value": value, "epoch": self.epoch}
-        if self.out_dir is None:
-            return
-        rng = distributed.gather(rng_state())  # every replica's generators, for exact resume
-        if self.rank != 0:
-            distributed.barrier()
-            return
-        state = {
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly (collective under ``torchrun``:
+        every replica's random generators and, inside an epoch, its running sums)."""
+        rng = distributed.gather(rng_state())
+        meters = distributed.gather(self._meters.state_dict()) if self.step_in_epoch else None
+        return {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             **({"ema": self.ema_model.state_dict()} if self.ema_model is not None else {}),
@@ -484,6 +503,8 @@ class Trainer:
             "rng": rng,
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "step_in_epoch": self.step_in_epoch,
+            "meters": meters,
             "history": list(self.history),
             "best": self.best,
             "stop_reason": self.stop_reason,
@@ -491,23 +512,9 @@ class Trainer:
                           for key, callback in _keyed(self.callbacks).items()},
             "config": self.config(),
         }
-        folder = self.out_dir / "checkpoints"
-        save_checkpoint(state, folder / "last.pt")
-        if better:
-            save_checkpoint(state, folder / "best.pt")
-        self.history.write(self.out_dir)
-        distributed.barrier()
 
-    def _restore(self, resume: bool | str | Path) -> None:
-        if resume is True:
-            if self.out_dir is None:
-                raise DivekitError("resume=True needs out_dir (the run directory to continue)")
-            path = self.out_dir / "checkpoints" / "last.pt"
-        else:
-            path = Path(resume)
-        state = load_checkpoint(path, map_location=self.device)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise DivekitError(f"{path} is not a divekit training checkpoint")
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (inside ``fit``, once the model and optimizer exist)."""
         self.model.load_state_dict(state["model"])
         if self.ema_model is not None:
             self.ema_model.load_state_dict(inference_weights(state))
@@ -516,6 +523,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][self.rank])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
+        self.step_in_epoch = state.get("step_in_epoch", 0)
+        if self.step_in_epoch:
+            self._resumed_meters = state["meters"][self.rank]
         self.history = History(state["history"])
         self.best, self.stop_reason = state["best"], state["stop_reason"]
         saved = state["callbacks"]
@@ -525,46 +535,17 @@ class Trainer:
             if key in saved:
                 callback.load_state_dict(saved[key])
 
-
-class _Meters:
-    """One split's example-weighted loss, the named parts of the loss, and the task's metrics."""
-
-    def __init__(self, task: Task, split: str, device: torch.device) -> None:
-        self.task, self.device = task, device
-        self.loss = Mean(device)
-        self.parts: dict[str, Mean] = {}
-        self.metrics = {name: metric.to(device) for name, metric in task.metrics(split).items()}
-        if "loss" in self.metrics:
-            raise DivekitError(f"{type(task).__name__}.metrics() names a metric 'loss'; the "
-                               "Trainer reports the loss itself: rename the metric")
-
-    def add(self, output: Output, batch: Any, count: int | torch.Tensor) -> None:
-        self.loss.update(output.loss, count)
-        for name, value in output.parts.items():
-            self.parts.setdefault(name, Mean(self.device)).update(value, count)
-        if self.metrics:
-            with torch.no_grad():
-                self.task.update(self.metrics, output, batch)
-
-    def compute(self, prefix: str) -> tuple[dict[str, float], dict[str, bool | None]]:
-        """``{prefix_name: value}`` and, for each, whether larger is better."""
-        values: dict[str, float] = {}
-        directions: dict[str, bool | None] = {}
-        meters = {"loss": self.loss, **self.parts, **self.metrics}
-        for name, meter in meters.items():
-            higher = getattr(meter, "higher_is_better", None)
-            for key, value in _scalars(name, meter.compute()):
-                values[f"{prefix}_{key}"] = value
-                directions[f"{prefix}_{key}"] = higher
-        return values, directions
-
-
-def _scalars(name: str, value: Any) -> list[tuple[str, float]]:
-    """A metric's result as named numbers: a dict result (e.g. mAP's) gives one per scalar key."""
-    if isinstance(value, Mapping):
-        return [(key, float(v)) for key, v in value.items()
-                if not isinstance(v, torch.Tensor) or v.numel() == 1]
-    return [(name, float(value))]
+    def _checkpoint(self, resume: bool | str | Path) -> dict[str, Any]:
+        if resume is True:
+            if self.out_dir is None:
+                raise DivekitError("resume=True needs out_dir (the run directory to continue)")
+            path = self.out_dir / "checkpoints" / "last.pt"
+        else:
+            path = Path(resume)
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise DivekitError(f"{path} is not a divekit training checkpoint")
+        return state
 
 
 def _keyed(callbacks: Sequence[Callback]) -> dict[str, Callback]:
@@ -587,6 +568,18 @@ def _set_epoch(loader, epoch: int) -> None:
         if hasattr(target, "set_epoch"):
             target.set_epoch(epoch)
             return
+
+
+def _skip(loader, count: int) -> Iterator:
+    """Iterate ``loader`` from its ``count``-th batch (a run resumed inside an epoch).
+
+    divekit's loaders start there without reading or augmenting the skipped batches (which
+    would draw random numbers); other loaders are read and the batches dropped.
+    """
+    if count and hasattr(loader, "skip_batches"):
+        loader.skip_batches(count)
+        return iter(loader)
+    return islice(iter(loader), count, None)
 
 
 def _groups(batches: Iterator, size: int) -> Iterator[list]:
