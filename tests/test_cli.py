@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from divekit.cli import main
+from divekit.config import RunConfig
 from divekit.engine import load_checkpoint
 
 FAST = ["--data", "digits", "--batch-size", "64", "--lr", "0.3", "--momentum", "0.9"]
@@ -229,7 +230,7 @@ def test_data_and_model_options_reach_the_run(capsys, tmp_path):
     assert config["data_options"] == {"normalize": True}
     assert config["model_options"] == {"widths": [4, 8]}
     from divekit import experiment
-    _, model = experiment.build(config)
+    _, model = experiment.build(RunConfig.read(tmp_path / "r"))
     assert model[0].out_channels == 4 and model[4].out_channels == 8
 
 
@@ -300,7 +301,8 @@ def test_fine_tune_from_a_previous_run(capsys, tmp_path):
                          "--lr-mult", "13.*=10", "--out", tmp_path / "tuned")
     assert status == 0, err
     config = json.loads((tmp_path / "tuned" / "config.json").read_text())
-    assert config["finetune"] == {"weights": str(weights.resolve()), "freeze": ["0.*", "2.*"]}
+    assert config["finetune"] == {"weights": str(weights.resolve()), "skip_weights": [],
+                                  "freeze": ["0.*", "2.*"]}
     assert config["trainer"]["lr_mult"] == {"13.*": 10.0}
     before = torch.load(weights, weights_only=True)["model"]
     after = torch.load(tmp_path / "tuned" / "checkpoints" / "last.pt", weights_only=True)["model"]
@@ -330,3 +332,42 @@ def test_fine_tuning_mistakes_are_one_line_errors(capsys, tmp_path, flags, fragm
     status, _, err = cli(capsys, "train", "small-cnn", *FAST, "--epochs", "1", *flags,
                          "--out", tmp_path / "r")
     one_line_error(status, err, fragment)
+
+
+def test_predict_prints_classes_with_probabilities_for_image_files(tmp_path, capsys):
+    from PIL import Image
+
+    from divekit import experiment, load_data
+
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "lenet-bn", *FAST, "--epochs", "3", "--out", run,
+               "--quiet")[0] == 0
+    images, labels = load_data("digits").test
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray((images[i, 0] * 255).round().byte().numpy()).save(paths[-1])
+    status, out, err = cli(capsys, "predict", run, *paths, "--top", "2")
+    assert status == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 3
+    # The same answer as the model on the stored tensors (the PNG rounds pixels to 1/255).
+    trainer, data, model = experiment.load_run(run)
+    probabilities = trainer.predict(model, images[:3]).softmax(-1)
+    for line, path, row in zip(lines, paths, probabilities, strict=True):
+        name, answers = line.split(": ", 1)
+        assert name == str(path)
+        (first, p1), (second, p2) = [answer.rsplit(" ", 1) for answer in answers.split(", ")]
+        top = row.topk(2)
+        assert [first, second] == [data.class_names[i] for i in top.indices]
+        assert float(p1) == pytest.approx(top.values[0].item(), abs=0.01) and float(p1) >= float(p2)
+    assert (labels[:3] == probabilities.argmax(-1)).sum() >= 2  # it learned something
+
+
+def test_predict_refuses_inputs_it_cannot_read(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "lenet-bn", *FAST, "--epochs", "1", "--out", run,
+               "--quiet")[0] == 0
+    (tmp_path / "notes.txt").write_text("not an image")
+    one_line_error(*cli(capsys, "predict", run, tmp_path / "notes.txt")[::2],
+                   "notes.txt is not a readable image")

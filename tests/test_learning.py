@@ -1,5 +1,7 @@
 """Learning tests: each recipe reaches its stated result on real (or embedded) data."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -11,9 +13,9 @@ from tests.conftest import real_data_dir
 
 def run_recipe(name, tmp_path, **trainer_overrides):
     config = get_recipe(name).run_config()
-    config["trainer"].update(trainer_overrides)
-    if config["data"] in ("fashion-mnist", "mnist"):
-        config["data_dir"] = str(real_data_dir(config["data"]))
+    config.trainer = dataclasses.replace(config.trainer, **trainer_overrides)
+    if config.data in ("fashion-mnist", "mnist"):
+        config.data_dir = str(real_data_dir(config.data))
     return experiment.train(config, tmp_path, progress=False)
 
 

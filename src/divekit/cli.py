@@ -9,25 +9,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from divekit import experiment
+from divekit.config import RunConfig
 from divekit.data import DATASETS, load_data, show_batch
 from divekit.data.augment import AUGMENT_GRAMMAR
 from divekit.engine import distributed
 from divekit.engine.device import AMP_CHOICES
 from divekit.engine.signals import TrainingInterrupted
 from divekit.errors import DivekitError
-from divekit.models import MODELS, count_parameters, summary_for
+from divekit.models import MODELS, summary_for
 from divekit.optim import OPTIMIZERS, SCHEDULES
 from divekit.recipes import RECIPES
 
-# `train` flags that are Trainer arguments of the same name (and --epochs sets max_epochs).
-TRAINER_FLAGS = (
-    "lr", "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
-    "grad_clip", "accumulate", "ema", "early_stopping", "seed", "device", "amp",
-    "channels_last", "compile", "checkpoint_every", "tensorboard",
-)
+# Every Trainer setting has a flag of the same name (--epochs sets max_epochs; --lr-mult
+# PATTERN=X pairs build lr_mult); a test keeps the two lists equal.
+FLAG_FOR_SETTING = {"max_epochs": "epochs"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,6 +119,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "weights, e.g. 0.99 (smooths the noise of a high constant learning rate); 0 = none")
     add("--early-stopping", type=_positive_int, metavar="PATIENCE",
         help="stop after this many epochs without improvement")
+    add("--monitor", metavar="METRIC", help="the metric that picks the best checkpoint, e.g. "
+        "acc, loss or val_ppl (default: the task's)")
+    add("--mode", choices=["max", "min"], help="whether a larger --monitor is better (default: "
+        "the metric's own direction)")
     add("--augment", metavar="SPEC", help="augment training batches, e.g. "
         "'flip,crop=0.5,jitter=0.4,erase,mixup=0.2' (see `divekit show-batch --help`)")
     add("--weights", metavar="FILE", help="start from these weights (.safetensors, a state dict "
@@ -164,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue an interrupted run from its last checkpoint")
     _add_run_flags(train)
+
+    predict = commands.add_parser(
+        "predict", help="the task's answer for input files, with a trained run",
+        description="Predict with a run's checkpoint: for an image classifier, the most "
+        "probable classes of each image with their probabilities.")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                         help="input files, e.g. images")
+    predict.add_argument("--top", type=_positive_int, default=3, help="classes to show")
+    predict.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    predict.add_argument("--data-dir")
+    predict.add_argument("--device", default="auto")
 
     evaluate = commands.add_parser("eval", help="test metrics of a run's checkpoint")
     evaluate.add_argument("run_dir", type=Path)
@@ -244,6 +256,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         metrics = experiment.evaluate_run(args.run_dir, args.checkpoint, args.data_dir, args.device)
         print(_final_line(metrics))
         return 0
+    if args.command == "predict":
+        lines = experiment.predict_files(args.run_dir, args.inputs, args.checkpoint,
+                                         args.data_dir, args.device, top=args.top)
+        for path, line in zip(args.inputs, lines, strict=True):
+            print(f"{path}: {line}")
+        return 0
     if args.command == "generate":
         print(experiment.generate_text(
             args.run_dir, args.prefix, args.tokens, args.checkpoint, args.data_dir, args.seed,
@@ -265,7 +283,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "recipe":
         recipe = RECIPES[args.name]
         if args.recipe_command == "show":
-            setup = recipe.config or f"script {recipe.runner.__module__}.{recipe.runner.__name__}"
+            config = recipe.config
+            setup = {"model": config.model, "data": config.data, "batch_size": config.batch_size,
+                     **config.changes()} if config else \
+                f"script {recipe.runner.__module__}.{recipe.runner.__name__}"
             print(f"{recipe.name}: {recipe.description}\n  section: {recipe.section}\n"
                   f"  config: {setup}\n  book: {recipe.book or '-'}\n"
                   f"  target: {recipe.target or '-'}")
@@ -276,53 +297,44 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.model is not None:
             raise DivekitError("give either a model or --resume RUN_DIR, not both")
-        config = experiment.read_config(args.resume)
+        config = RunConfig.read(args.resume)
         args.out = args.resume
         return _train(_apply_flags(config, args), args, resume=True)
     if args.model is None:
         raise DivekitError("name a model to train (see `divekit list models`) or --resume RUN_DIR")
     MODELS[args.model]  # noqa: B018  (an unknown name fails here, before any data is loaded)
-    config: dict[str, Any] = {"model": args.model, "model_options": {},
-                              "data": args.data or "fashion-mnist", "data_options": {},
-                              "batch_size": 256, "val_size": 0, "trainer": {}}
-    return _train(_apply_flags(config, args), args)
+    return _train(_apply_flags(RunConfig(args.model), args), args)
 
 
-def _apply_flags(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Overwrite ``config`` entries with the flags the user gave."""
+def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """The run ``config`` with the flags the user gave (each checked by the config's types)."""
     if args.data is not None:
         DATASETS[args.data]  # noqa: B018  (validate the name)
-        config["data"] = args.data
-    if args.data_dir is not None:
-        config["data_dir"] = args.data_dir
-    for flag, key in (("data_option", "data_options"), ("model_option", "model_options")):
-        config.setdefault(key, {}).update(getattr(args, flag) or [])
-    if args.batch_size is not None:
-        config["batch_size"] = args.batch_size
-    if args.augment is not None:
-        config["augment"] = args.augment
-    weights = None if args.weights is None else str(Path(args.weights).resolve())
-    finetune = {"weights": weights, "skip_weights": args.skip_weights,
-                "freeze": args.freeze}
-    for key, value in finetune.items():
-        if value is not None:
-            config.setdefault("finetune", {})[key] = value
-    if args.val_size is not None:
-        config["val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
-    if args.epochs is not None:
-        config["trainer"]["max_epochs"] = args.epochs
-    for flag in TRAINER_FLAGS:
+    values = config.to_dict()
+    for key, flag in (("data", "data"), ("data_dir", "data_dir"), ("batch_size", "batch_size"),
+                      ("augment", "augment")):
         if getattr(args, flag) is not None:
-            config["trainer"][flag] = getattr(args, flag)
-    if args.lr_mult is not None:
-        config["trainer"]["lr_mult"] = dict(args.lr_mult)
+            values[key] = getattr(args, flag)
+    values["data_options"].update(args.data_option or [])
+    values["model_options"].update(args.model_option or [])
+    if args.val_size is not None:
+        values["val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
+    if args.weights is not None:
+        values["finetune"]["weights"] = str(Path(args.weights).resolve())
+    for key in ("skip_weights", "freeze"):
+        if getattr(args, key) is not None:
+            values["finetune"][key] = getattr(args, key)
+    for setting in values["trainer"]:
+        value = getattr(args, FLAG_FOR_SETTING.get(setting, setting))
+        if value is not None:
+            values["trainer"][setting] = dict(value) if setting == "lr_mult" else value
     if args.label_smoothing is not None:
-        config.setdefault("task_options", {})["label_smoothing"] = args.label_smoothing
-    return config
+        values["task_options"]["label_smoothing"] = args.label_smoothing
+    return RunConfig.from_dict(values, source="the command line")
 
 
-def _train(config: dict[str, Any], args: argparse.Namespace, resume: bool = False) -> int:
-    out = args.out or experiment.default_run_dir(config["model"], config["data"])
+def _train(config: RunConfig, args: argparse.Namespace, resume: bool = False) -> int:
+    out = args.out or experiment.default_run_dir(config.model, config.data)
     main_process = distributed.world()[0] == 0  # under torchrun only rank 0 prints
     if main_process:
         print(f"run directory: {out}", flush=True)
@@ -368,10 +380,8 @@ def _final_line(metrics: dict[str, float]) -> str:
 
 def _list(what: str, pattern: str) -> int:
     if what == "models":
-        for name, info in MODELS.items(pattern):
-            with torch.device("meta"):  # shapes only: VGG-19 would allocate 0.5 GB
-                params = count_parameters(info.build())
-            print(f"{name:<28} {info.family:<9} {params:>12,} params  {info.section}")
+        for name, info in MODELS.items(pattern):  # counts checked against the built models
+            print(f"{name:<28} {info.family:<9} {info.params:>12,} params  {info.section}")
     elif what == "datasets":
         for name, info in DATASETS.items(pattern):
             print(f"{name:<22} {info.description}")

@@ -1,12 +1,9 @@
-"""A training run described by a plain dict: what ``train``, ``recipe run`` and ``--resume`` share.
-
-The dict is exactly what a run directory's ``config.json`` holds, so any run can be rebuilt
-from its folder: the model and data by registry name and options, the Trainer's settings.
-"""
+"""Training runs from a :class:`~divekit.config.RunConfig`: ``train``, ``eval``, ``predict``,
+``generate`` and ``--resume`` all rebuild a run from its folder's ``config.json``."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,104 +12,102 @@ from typing import Any
 import torch
 from torch import nn
 
+from divekit.config import RunConfig
 from divekit.data import DataModule, load_data, parse_augment
-from divekit.engine import History, Task, Trainer, create_task, load_checkpoint, seed_everything
-from divekit.engine.checkpoint import inference_weights
+from divekit.engine import History, Trainer, create_task, load_checkpoint, seed_everything
+from divekit.engine.checkpoint import inference_weights, write_atomically
 from divekit.engine.finetune import apply_finetune
 from divekit.errors import DivekitError
 from divekit.models import create_model, model_info
-
-RUN_KEYS = ("model", "model_options", "data", "data_options", "data_dir", "batch_size",
-            "val_size", "augment", "finetune", "task_options", "trainer")
 
 
 def default_run_dir(model: str, data: str) -> Path:
     return Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build(config: dict[str, Any], data_dir: str | None = None, *,
+def build(config: RunConfig, data_dir: str | None = None, *,
           pretrained: bool = True) -> tuple[DataModule, nn.Module]:
     """Load the data and create the (seeded) model of a run config.
 
-    A ``finetune`` entry (``weights``, ``skip_weights``, ``freeze``) loads the weights file
-    into the fresh model, unless ``pretrained`` is false (a checkpoint is about to replace
-    them), and freezes the named parameters, which a checkpoint does not record.
+    The ``finetune`` settings load a weights file into the fresh model, unless ``pretrained``
+    is false (a checkpoint is about to replace them), and freeze the named parameters, which a
+    checkpoint does not record.
     """
-    seed = config["trainer"].get("seed", 0)
-    data = load_data(
-        config["data"], config["batch_size"], data_dir=data_dir or config.get("data_dir"),
-        val_size=config.get("val_size", 0), seed=seed, **config.get("data_options", {}),
-    )
-    task = model_info(config["model"]).task
+    seed = config.trainer.seed
+    data = load_data(config.data, config.batch_size, data_dir=data_dir or config.data_dir,
+                     val_size=config.val_size, seed=seed, **config.data_options)
+    task = model_info(config.model).task
     if task != data.task:
-        raise DivekitError(f"model {config['model']!r} is a {task} model but dataset "
-                           f"{config['data']!r} is {data.task} data; pick a {data.task} model "
+        raise DivekitError(f"model {config.model!r} is a {task} model but dataset "
+                           f"{config.data!r} is {data.task} data; pick a {data.task} model "
                            f"(see `divekit list models`)")
-    if config.get("augment"):
+    if config.augment:
         # Unseeded: the augmentations draw from the global generator, which the Trainer seeds
         # and checkpoints, so a resumed run sees the same ones.
-        data.transform = parse_augment(config["augment"], num_classes=data.num_classes)
+        data.transform = parse_augment(config.augment, num_classes=data.num_classes)
     seed_everything(seed)
-    model = create_model(config["model"], data, **config.get("model_options", {}))
-    finetune = config.get("finetune") or {}
-    if finetune:
-        apply_finetune(model, weights=finetune.get("weights") if pretrained else None,
-                       skip_weights=finetune.get("skip_weights", ()),
-                       freeze_patterns=finetune.get("freeze", ()))
+    model = create_model(config.model, data, **config.model_options)
+    finetune = config.finetune
+    apply_finetune(model, weights=finetune.weights if pretrained else None,
+                   skip_weights=finetune.skip_weights, freeze_patterns=finetune.freeze)
     return data, model
 
 
-def train(config: dict[str, Any], out_dir: Path, *, resume: bool = False,
+def trainer_for(config: RunConfig, **engine: Any) -> Trainer:
+    """The Trainer of a run config, with its task (the model's kind and the task options)."""
+    task = create_task(model_info(config.model).task, **config.task_options)
+    settings = dataclasses.asdict(config.trainer)
+    extra = {key: value for key, value in config.to_dict().items() if key != "trainer"}
+    return Trainer(**settings, task=task, config=extra, **engine)
+
+
+def train(config: RunConfig, out_dir: Path, *, resume: bool = False,
           data_dir: str | None = None, progress: bool = True) -> tuple[History, dict[str, float]]:
     """Train the run ``config`` into ``out_dir``; returns the history and final test metrics."""
-    config = copy.deepcopy(config)
     # The Trainer checks its settings (device, amp, ...) before any data is read.
-    trainer = Trainer(**config["trainer"], task=_task(config), out_dir=out_dir,
-                      progress=progress,
-                      config={key: config.get(key) for key in RUN_KEYS if key != "trainer"})
+    trainer = trainer_for(config, out_dir=out_dir, progress=progress)
     data, model = build(config, data_dir, pretrained=not resume)
     data.device = trainer.device
     history = trainer.fit(model, data, resume=resume)
     test = trainer.evaluate(model, data.test_dataloader(), prefix="test")
     if trainer.rank == 0:
-        (out_dir / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
+        write_atomically(out_dir / "test_metrics.json", json.dumps(test, indent=2) + "\n")
     return history, test
 
 
-def _task(config: dict[str, Any]) -> Task:
-    """The run's task: the model's kind, with the run's task options (label smoothing, ...)."""
-    return create_task(model_info(config["model"]).task, **config.get("task_options") or {})
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise DivekitError(f"{run_dir} is not a run directory: it has no config.json")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DivekitError(f"{path} is not valid JSON ({e})") from e
-    missing = [key for key in ("model", "data", "batch_size", "trainer") if key not in config]
-    if missing:
-        raise DivekitError(f"{path} lacks {', '.join(missing)}; it was not written by divekit")
-    if "label_smoothing" in config["trainer"]:  # runs written before tasks owned their loss
-        smoothing = config["trainer"].pop("label_smoothing")
-        config.setdefault("task_options", {}).setdefault("label_smoothing", smoothing)
-    return config
+def load_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = None,
+             device: str = "auto") -> tuple[Trainer, DataModule, nn.Module]:
+    """A run's Trainer (settings and task), data and model with the checkpoint's weights
+    (the weight average when the run kept one)."""
+    config = RunConfig.read(run_dir)
+    # Only evaluating: on this device, and nothing is written into the run directory.
+    config.trainer = dataclasses.replace(config.trainer, device=device, tensorboard=False,
+                                         checkpoint_every=None)
+    trainer = trainer_for(config, progress=False)
+    state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
+    data, model = build(config, data_dir, pretrained=False)
+    model.load_state_dict(inference_weights(state))
+    data.device = trainer.device
+    trainer.task.setup(data)
+    return trainer, data, model
 
 
 def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = None,
                  device: str = "auto") -> dict[str, float]:
     """Test metrics of a finished or interrupted run's ``best`` or ``last`` checkpoint."""
-    config = read_config(run_dir)
-    config["trainer"]["device"] = device
-    trainer = Trainer(**config["trainer"], task=_task(config), progress=False)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    data, model = build(config, data_dir, pretrained=False)
-    model.load_state_dict(inference_weights(state))
-    data.device = trainer.device
-    trainer.task.setup(data)
+    trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
     return trainer.evaluate(model, data.test_dataloader(), prefix="test")
+
+
+def predict_files(run_dir: Path, paths: list[Path], checkpoint: str = "best",
+                  data_dir: str | None = None, device: str = "auto",
+                  top: int = 3) -> list[str]:
+    """The task's answer for each input file: for an image classifier, its most probable
+    classes with their probabilities."""
+    trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
+    inputs = torch.stack([data.read_input(Path(path)) for path in paths])
+    outputs = trainer.predict(model, inputs)
+    return trainer.task.describe(outputs, data, top=top)
 
 
 def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str = "best",
@@ -124,13 +119,12 @@ def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str =
     """
     from divekit.text.generate import generate
 
-    config = read_config(run_dir)
-    if model_info(config["model"]).task != "language-model":
-        raise DivekitError(f"{run_dir} trained {config['model']!r}, which is not a language model")
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    config = RunConfig.read(run_dir)
+    if model_info(config.model).task != "language-model":
+        raise DivekitError(f"{run_dir} trained {config.model!r}, which is not a language model")
+    state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
     data, model = build(config, data_dir, pretrained=False)
     model.load_state_dict(inference_weights(state))
-    level = config.get("data_options", {}).get("level", "word" if config["data"] == "wikitext-2"
-                                               else "char")
+    level = config.data_options.get("level", "word" if config.data == "wikitext-2" else "char")
     return generate(model, data.vocab, prefix, num_tokens, level=level,
                     generator=torch.Generator().manual_seed(seed), **sampling)

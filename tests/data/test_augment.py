@@ -23,6 +23,7 @@ from divekit.data.augment import (
     parse_augment,
     rgb_to_hsv,
 )
+from divekit.data.targets import IGNORE, crop_targets
 from divekit.errors import DivekitError
 
 
@@ -339,6 +340,267 @@ def test_bad_inputs_are_named():
         RandomErasing(p=1, value=(0.0, 1.0))(images())
 
 
+# Targets that move with the images: label maps and detection boxes.
+#
+# Oracles independent of the target code: images whose channels hold each pixel's own column
+# and row index (bilinear resampling of a linear ramp returns the sampled coordinate, so the
+# output image says where every output pixel came from), and boxes painted as filled
+# rectangles into channels of the image, one channel per box (thresholded at 1/2, the
+# resampled rectangle covers the pixels whose centres lie inside the moved box).
+
+
+def coordinate_images(n, height, width):
+    """Channel 0 = column index, channel 1 = row index of every pixel, float64."""
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                                torch.arange(width, dtype=torch.float64), indexing="ij")
+    return torch.stack([cols, rows]).expand(n, 2, height, width).clone()
+
+
+def coordinate_label(cols, rows, width):
+    # Distinct class per pixel, all above IGNORE so that no pixel's class is mistaken for it.
+    return 1000 + rows * width + cols
+
+
+def label_map_from_coordinates(images, width, exact=True):
+    """The label each output pixel must have: the class of the input pixel it came from."""
+    cols, rows = images[:, 0], images[:, 1]
+    if exact:  # a value exactly between two pixels would make the oracle ambiguous
+        for values in (cols, rows):
+            assert float(((values % 1) - 0.5).abs().min()) > 1e-6
+    return coordinate_label((cols + 0.5).floor().long(), (rows + 0.5).floor().long(), width)
+
+
+def coordinate_batch(n, height, width):
+    images = coordinate_images(n, height, width)
+    return images, label_map_from_coordinates(images, width, exact=False)
+
+
+def box_batch(height=16, width=20, seed=0):
+    """Images with one channel per box painted 1 inside it (box k has label k) and two
+    coordinate channels after them; image 2 has no boxes.
+
+    Returns:
+        images ``(3, 6, H, W)`` and detection targets with masks.
+    """
+    g = generator(seed)
+    images = torch.zeros(3, 6, height, width, dtype=torch.float64)
+    images[:, 4:] = coordinate_images(3, height, width)
+    targets = []
+    for i, count in enumerate([4, 3, 0]):
+        boxes, masks = [], torch.zeros(count, height, width, dtype=torch.uint8)
+        for k in range(count):
+            x1 = int(torch.randint(0, width - 4, (1,), generator=g))
+            y1 = int(torch.randint(0, height - 4, (1,), generator=g))
+            x2 = x1 + int(torch.randint(4, width - x1 + 1, (1,), generator=g))
+            y2 = y1 + int(torch.randint(4, height - y1 + 1, (1,), generator=g))
+            boxes.append([x1, y1, x2, y2])
+            images[i, k, y1:y2, x1:x2] = 1
+            masks[k, y1:y2, x1:x2] = 1
+        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
+                        "labels": torch.arange(count), "masks": masks, "image_id": i})
+    return images, targets
+
+
+def support(region):
+    """``(x1, y1, x2, y2)`` around the true pixels of a ``(H, W)`` bool image, None if none."""
+    if not region.any():
+        return None
+    rows, cols = region.any(1).nonzero()[:, 0], region.any(0).nonzero()[:, 0]
+    return torch.tensor([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1],
+                        dtype=torch.float64)
+
+
+def assert_boxes_follow_painted_rectangles(before, after, targets, exact_masks=True):
+    """Check moved boxes against the painted rectangles of ``before`` moved to ``after``.
+
+    Images hold one channel per box (box k painted 1 in channel k) and then the two
+    coordinate channels. A kept box is within one pixel of its rectangle's pixels, taken
+    nearest (through the coordinate channels) and bilinear (> 1/2); a dropped box's rectangle
+    has no pixel left; masks, when there are any, are the rectangles taken nearest.
+
+    Returns:
+        the number of boxes dropped.
+    """
+    dropped = 0
+    for image, source, target in zip(after, before, targets, strict=True):
+        if exact_masks:  # no pixel exactly between two others: "nearest" is unambiguous
+            assert float(((image[-2:] % 1) - 0.5).abs().min()) > 1e-6
+        cols, rows = ((image[-2:] + 0.5).floor().long().unbind(0))  # where each pixel came from
+        nearest = source[:-2, rows, cols] > 0.5
+        bilinear = image[:-2] > 0.5
+        boxes, labels = target["boxes"], target["labels"]
+        assert boxes.shape == (len(labels), 4)
+        for j, (box, label) in enumerate(zip(boxes.double(), labels.tolist(), strict=True)):
+            if exact_masks and "masks" in target:
+                assert torch.equal(target["masks"][j].bool(), nearest[label])
+            for region in (nearest[label], bilinear[label]):
+                pixels = support(region)
+                if pixels is None:  # a sliver narrower than a pixel may cover no pixel centre
+                    assert min(float(box[2] - box[0]), float(box[3] - box[1])) < 1
+                else:
+                    assert float((box - pixels).abs().max()) <= 1, (box, pixels)
+        if "masks" in target:
+            assert target["masks"].shape == (len(labels), *rows.shape)
+        for label in set(range(len(nearest))) - set(labels.tolist()):
+            dropped += bool(source[label].any())  # there was a box with this label
+            assert not nearest[label].any() and not bilinear[label].any()
+    return dropped
+
+
+def test_flips_move_label_maps_with_the_pixels_and_twice_give_them_back():
+    x, maps = coordinate_batch(16, 6, 7)
+    for flip in (RandomHorizontalFlip(), RandomVerticalFlip()):
+        out, out_maps = flip.apply(x, maps, generator(3))
+        assert torch.equal(out_maps, label_map_from_coordinates(out, 7))
+        changed = (out_maps != maps).flatten(1).any(1)
+        assert 0 < int(changed.sum()) < 16  # both decisions occur
+        assert torch.equal(flip.apply(out, out_maps, generator(3))[1], maps)
+
+
+def test_flips_move_boxes_and_masks_and_twice_give_them_back():
+    x, targets = box_batch()
+    for flip in (RandomHorizontalFlip(p=1.0), RandomVerticalFlip(p=1.0)):
+        out, moved = flip.apply(x, targets)
+        assert assert_boxes_follow_painted_rectangles(x, out, moved) == 0
+        assert not torch.equal(moved[0]["boxes"], targets[0]["boxes"])
+        _, back = flip.apply(out, moved)
+        for original, again in zip(targets, back, strict=True):
+            assert original.keys() == again.keys() and again["image_id"] == original["image_id"]
+            for key in ("boxes", "labels", "masks"):
+                assert torch.equal(again[key], original[key])
+    fresh = box_batch()[1]  # the inputs were not modified in place
+    assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets, fresh, strict=True))
+
+
+@pytest.mark.parametrize(("size", "scale"), [(None, (0.05, 0.6)), ((23, 31), (0.2, 1.0))])
+def test_crop_moves_label_maps_as_the_image_by_the_nearest_pixel(size, scale):
+    x, maps = coordinate_batch(24, 12, 14)
+    crop = RandomResizedCrop(size, scale=scale, ratio=(0.5, 2.0))
+    out, out_maps = crop.apply(x, maps, generator(11))
+    assert out_maps.dtype == torch.int64 and out_maps.shape == (24, *out.shape[-2:])
+    assert torch.equal(out_maps, label_map_from_coordinates(out, 14))
+    assert set(out_maps.unique().tolist()) <= set(maps.unique().tolist())
+
+
+def test_shrinking_crop_keeps_label_maps_within_a_pixel_of_the_image():
+    # Antialiasing averages over the edge, so the image's coordinates there are off a little.
+    x, maps = coordinate_batch(8, 24, 24)
+    out, out_maps = RandomResizedCrop(7, scale=(0.5, 1.0)).apply(x, maps, generator(2))
+    near = label_map_from_coordinates(out, 24, exact=False)
+
+    def row_and_column(labels):
+        return torch.stack([(labels - 1000) // 24, (labels - 1000) % 24])
+
+    assert int((row_and_column(out_maps) - row_and_column(near)).abs().max()) <= 1
+    interior = (slice(None), slice(2, -2), slice(2, -2))
+    assert torch.equal(out_maps[interior], near[interior])
+
+
+def test_label_maps_take_only_classes_present_and_ignore_outside_the_image():
+    classes = torch.tensor([0, 3, 7, IGNORE])
+    maps = classes[torch.randint(0, 4, (6, 10, 9), generator=generator(1))]
+    x = images(n=6, height=10, width=9)
+    aug = Compose(RandomHorizontalFlip(), RandomVerticalFlip(),
+                  RandomResizedCrop((13, 8), scale=(0.1, 1.0)), seed=5)
+    _, out = aug(x, maps)
+    assert out.dtype == maps.dtype and set(out.unique().tolist()) <= set(classes.tolist())
+    # A window reaching past the image on every side: outside pixels are IGNORE.
+    window = torch.tensor([[-2.0, -3.0, 9 + 4, 10 + 6]]).expand(6, 4)
+    padded = crop_targets(maps, window, (16, 13))
+    assert torch.equal(padded, F.pad(maps, (2, 2, 3, 3), value=IGNORE))
+
+
+def test_crop_moves_boxes_with_their_painted_rectangles_and_drops_cropped_ones():
+    x, targets = box_batch()
+    crop = RandomResizedCrop(scale=(0.1, 0.5))
+    dropped = 0
+    for seed in range(6):
+        out, moved = crop.apply(x, targets, generator(seed))
+        dropped += assert_boxes_follow_painted_rectangles(x, out, moved)
+        assert [t["image_id"] for t in moved] == [0, 1, 2]
+        assert moved[2]["boxes"].shape == (0, 4) and moved[2]["labels"].shape == (0,)
+        for target in moved:
+            box = target["boxes"]
+            assert bool((box[:, :2] >= 0).all() & (box[:, 2] <= 20).all() & (box[:, 3] <= 16).all())
+            assert bool(((box[:, 2:] - box[:, :2]) > 0).all())
+    assert dropped > 0
+
+
+def test_shrinking_crop_boxes_follow_their_rectangles_within_a_pixel():
+    x, targets = box_batch(height=32, width=40, seed=3)
+    crop = RandomResizedCrop((10, 12), scale=(0.3, 1.0))
+    for seed in range(4):
+        out, moved = crop.apply(x, targets, generator(seed))
+        assert_boxes_follow_painted_rectangles(x, out, moved, exact_masks=False)
+
+
+def test_min_visible_drops_boxes_mostly_cut_off():
+    target = {"boxes": torch.tensor([[5.0, 0, 15, 10], [8, 0, 18, 10], [20, 0, 30, 10],
+                                     [2, 2, 4, 4]]),
+              "labels": torch.tensor([1, 2, 3, 4]), "iscrowd": torch.tensor([0, 1, 0, 0])}
+    window = torch.tensor([[0.0, 0.0, 10.0, 10.0]])  # half, a fifth, none, all of them inside
+    kept = crop_targets([target], window, (20, 20))[0]
+    assert kept["labels"].tolist() == [1, 2, 4] and kept["iscrowd"].tolist() == [0, 1, 0]
+    assert kept["boxes"].tolist() == [[10, 0, 20, 20], [16, 0, 20, 20], [4, 4, 8, 8]]
+    strict = crop_targets([target], window, (20, 20), min_visible=0.25)[0]
+    assert strict["labels"].tolist() == [1, 4]
+    with pytest.raises(DivekitError, match="min_visible"):
+        RandomResizedCrop(min_visible=1.5)
+
+
+def test_class_labels_pass_through_and_the_images_and_draws_are_unchanged():
+    x = images(n=12, dtype=torch.float32)
+    for labels in (torch.randint(0, 5, (12,)), torch.rand(12, 5)):
+        for op in (RandomHorizontalFlip(), RandomVerticalFlip(), RandomResizedCrop(7)):
+            alone, with_labels = generator(4), generator(4)
+            out, same = op.apply(x, labels, with_labels)
+            assert same is labels
+            assert torch.equal(out, op(x, alone))
+            assert torch.equal(alone.get_state(), with_labels.get_state())  # same draws
+        spec = "flip,vflip,crop=0.3,jitter,erase"
+        images_only = parse_augment(spec, seed=7)(x)
+        out, same = parse_augment(spec, seed=7)(x, labels)
+        assert torch.equal(out, images_only) and same is labels
+
+
+def test_flip_and_crop_draw_exactly_what_they_drew_before():
+    x = images(n=20)
+    flip = torch.rand(20, generator=generator(9)) < 0.5
+    expected = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    assert torch.equal(RandomHorizontalFlip().apply(x, torch.zeros(20), generator(9))[0],
+                       expected)
+    crop, g, reference = RandomResizedCrop(), generator(9), generator(9)
+    crop.apply(x, torch.zeros(20), g)
+    crop.boxes(20, 10, 12, reference)  # the crop consumes exactly its boxes' draws
+    assert torch.equal(g.get_state(), reference.get_state())
+
+
+def test_photometric_transforms_leave_targets_alone_and_mixup_refuses_them():
+    x, targets = box_batch()
+    _, maps = coordinate_batch(3, 16, 20)
+    photometric = Compose(ColorJitter(0.3, 0.3), RandomErasing(p=1.0), Normalize([0.5], [0.2]),
+                          seed=0)
+    for target in (maps, targets):
+        assert photometric(x[:, :1], target)[1] is target
+        with pytest.raises(DivekitError, match="cannot mix label maps or detection targets"):
+            Compose(RandomHorizontalFlip(), Mixup(0.2, num_classes=4))(x, target)
+
+
+def test_bad_targets_are_named():
+    x = images(n=2, height=5, width=6)
+    flip = RandomHorizontalFlip()
+    with pytest.raises(DivekitError, match=r"integer label maps \(2, 5, 6\).*int64 tensor of "
+                                           r"shape \(2, 6, 5\)"):
+        flip.apply(x, torch.zeros(2, 6, 5, dtype=torch.long))
+    with pytest.raises(DivekitError, match="float32 tensor"):
+        flip.apply(x, torch.zeros(2, 5, 6))
+    with pytest.raises(DivekitError, match="1 detection targets for 2 images"):
+        flip.apply(x, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
+    with pytest.raises(DivekitError, match=r"target 1 needs float 'boxes' of shape \(K, 4\)"):
+        RandomResizedCrop().apply(x, [{"boxes": torch.zeros(0, 4)},
+                                      {"boxes": torch.zeros(1, 4, dtype=torch.long)}])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_batch_gets_the_same_augmentation_as_on_cpu():
@@ -349,3 +611,25 @@ def test_cuda_batch_gets_the_same_augmentation_as_on_cpu():
     assert all(t.device.type == "cuda" for t in cuda)
     for a, b in zip(cpu, cuda, strict=True):
         torch.testing.assert_close(b.cpu(), a, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_targets_move_as_on_cpu():
+    x, targets = box_batch()
+    _, maps = coordinate_batch(3, 16, 20)
+    aug = "flip,vflip,crop=0.3"
+    for target in (maps, targets):
+        cpu_images, cpu = parse_augment(aug, seed=4)(x, target)
+        on_cuda = (target.cuda() if isinstance(target, torch.Tensor)
+                   else [{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+                         for t in target])
+        cuda_images, cuda = parse_augment(aug, seed=4)(x.cuda(), on_cuda)
+        torch.testing.assert_close(cuda_images.cpu(), cpu_images)
+        if isinstance(cpu, torch.Tensor):
+            assert cuda.is_cuda and torch.equal(cuda.cpu(), cpu)
+            continue
+        for a, b in zip(cpu, cuda, strict=True):
+            assert b["boxes"].is_cuda and b["masks"].is_cuda
+            for key in ("boxes", "labels", "masks"):
+                torch.testing.assert_close(b[key].cpu(), a[key])

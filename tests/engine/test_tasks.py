@@ -283,3 +283,26 @@ def test_a_batch_a_task_cannot_read_is_one_clear_error():
         Classification(num_classes=2).count({"tokens": torch.zeros(2)})
     with pytest.raises(dk.DivekitError, match="evaluate needs a task"):
         dk.Trainer(progress=False).evaluate(nn.Linear(2, 2), [(torch.zeros(1, 2),)])
+
+
+def test_fit_takes_plain_torch_dataloaders_and_shuffles_them_by_epoch():
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    train, test = TensorDataset(*blobs(256)), TensorDataset(*blobs(64, sample_seed=1))
+    # A DistributedSampler (one replica here) has set_epoch: the Trainer calls it every epoch.
+    sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=0)
+    epochs_seen = []
+    original = sampler.set_epoch
+    sampler.set_epoch = lambda epoch: (epochs_seen.append(epoch), original(epoch))
+    data = SimpleNamespace(
+        task="classification", num_classes=4,
+        train_dataloader=lambda: DataLoader(train, batch_size=32, sampler=sampler),
+        val_dataloader=lambda: None,
+        test_dataloader=lambda: DataLoader(test, batch_size=50))
+    torch.manual_seed(0)
+    trainer = dk.Trainer(max_epochs=3, lr=0.1, momentum=0.9, progress=False)
+    history = trainer.fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), data)
+    assert epochs_seen == [0, 1, 2]
+    assert history.last["test_acc"] > 0.9

@@ -8,7 +8,7 @@ import pytest
 import divekit.data.text  # noqa: F401  (registers the timemachine dataset)
 import divekit.models.rnn  # noqa: F401  (registers the language models)
 import divekit.recipes.language  # noqa: F401  (registers the recipes)
-from divekit import Trainer, experiment
+from divekit import experiment
 from divekit.cli import main
 from divekit.data import load_data
 from divekit.recipes import get_recipe
@@ -34,14 +34,15 @@ def test_book_recipes_have_the_books_settings(name):
     model, layers, lr, epochs, target = BOOK[name]
     recipe = get_recipe(name)
     config = recipe.run_config()
-    assert config["model"] == model and config["data"] == "timemachine"
-    assert config["model_options"] == {"hidden_size": 32, "num_layers": layers}
-    assert config["data_options"] == {"num_steps": 32, "stride": 1, "num_train": 10000,
-                                      "num_val": 5000}
-    assert config["batch_size"] == 1024 and config["val_size"] == 0
+    assert config.model == model and config.data == "timemachine"
+    assert config.model_options == {"hidden_size": 32, "num_layers": layers}
+    assert config.data_options == {"num_steps": 32, "stride": 1, "num_train": 10000,
+                                   "num_val": 5000}
+    assert config.batch_size == 1024 and config.val_size == 0
     ours = {**OURS, **(DEEP_GRU_DECAY if layers == 2 else {"weight_decay": 0.0})}
-    assert config["trainer"] == {"optimizer": "sgd", "lr": lr, "grad_clip": 1.0,
-                                 "max_epochs": epochs, **ours}
+    settings = {"optimizer": "sgd", "lr": lr, "grad_clip": 1.0, "max_epochs": epochs, **ours}
+    assert {key: getattr(config.trainer, key) for key in settings} == settings
+    assert set(config.changes()["trainer"]) <= set(settings)
     assert recipe.target.startswith("val ppl <= ") and f"val ppl {target}" in recipe.book
 
 
@@ -70,21 +71,21 @@ def test_a_book_recipe_runs_from_the_cli(tmp_path, capsys, one_thread):
 
 def test_the_tuned_recipe_holds_out_the_last_tenth_of_the_book():
     config = get_recipe("timemachine-char-fast").run_config()
-    assert config["data"] == "timemachine" and config["val_size"] == 0
-    data = load_data("timemachine", data_dir=data_dir(), **config["data_options"])
+    assert config.data == "timemachine" and config.val_size == 0
+    data = load_data("timemachine", data_dir=data_dir(), **config.data_options)
     text = (real_data_dir("timemachine") / "timemachine" / "timemachine.txt").read_text()
     chars = re.sub("[^A-Za-z]+", " ", text).lower()
     cut = len(chars) - round(0.1 * len(chars))
     assert data.val is None and "".join(data.vocab.to_tokens(data.corpus)) == chars[:cut]
     held_out = "".join(data.vocab.to_tokens(data.test[0].reshape(-1)))
     assert held_out == chars[cut : cut + len(held_out)]
-    assert len(chars) - cut - len(held_out) < config["data_options"]["num_steps"]
+    assert len(chars) - cut - len(held_out) < config.data_options["num_steps"]
 
 
 def train_recipe(name: str) -> list[dict]:
     config = get_recipe(name).run_config()
     data, model = experiment.build(config, data_dir())
-    return Trainer(**config["trainer"], progress=False).fit(model, data)
+    return experiment.trainer_for(config, progress=False).fit(model, data)
 
 
 # On one thread: ~80 s (RNN, 100 epochs), ~70 s (GRU) and ~100 s (LSTM, 50 epochs) on a

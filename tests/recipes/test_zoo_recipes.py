@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from divekit import experiment
 from divekit.data import load_data
-from divekit.engine import Trainer
 from divekit.models import create_model, model_info
 from divekit.recipes import get_recipe, list_recipes
 from tests.conftest import fake_fashion, real_data_dir
@@ -32,13 +32,14 @@ def test_recipe_has_the_books_settings(name):
     model, size, batch_size, lr, accuracy = BOOK[name]
     recipe = get_recipe(name)
     config = recipe.run_config()
-    assert config["model"] == model and config["data"] == "fashion-mnist"
-    assert config["data_options"] == {"resize": size}
-    assert config["batch_size"] == batch_size
-    assert config["trainer"] == {"max_epochs": 10, "lr": lr}
+    assert config.model == model and config.data == "fashion-mnist"
+    assert config.data_options == {"resize": size}
+    assert config.batch_size == batch_size
+    assert (config.trainer.max_epochs, config.trainer.lr) == (10, lr)
+    assert set(config.changes().get("trainer", {})) <= {"max_epochs", "lr"}  # nothing else
     assert accuracy in recipe.book and recipe.target
     assert recipe.section.split()[0] == model_info(model).section.split()[0]
-    Trainer(**config["trainer"], progress=False)  # the settings are valid Trainer options
+    experiment.trainer_for(config, progress=False)  # the settings are valid Trainer options
 
 
 @pytest.mark.parametrize("name", sorted(BOOK))
@@ -46,19 +47,20 @@ def test_one_training_step_of_every_recipe(name):
     # The recipe's model, options and Trainer settings at the book's image size, reduced to
     # 2 + 2 fake images: one SGD step and one evaluation, every batch resized on the way in.
     config = get_recipe(name).run_config()
-    size = config["data_options"]["resize"]
+    size = config.data_options["resize"]
     data = fake_fashion(2, 2, batch_size=2).resized(size)
     torch.manual_seed(0)
-    model = create_model(config["model"], data, **config["model_options"])
+    model = create_model(config.model, data, **config.model_options)
     seen = []
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape))
     before = [p.detach().clone() for p in model.parameters()]
-    history = Trainer(**(config["trainer"] | {"max_epochs": 1}), progress=False).fit(model, data)
+    config.trainer.max_epochs = 1
+    history = experiment.trainer_for(config, progress=False).fit(model, data)
     assert seen and all(shape[1:] == (1, size, size) for shape in seen)
     assert len(seen) == 2  # one training batch, one test batch
     with torch.device("meta"):  # create_model took image_size from the resized data
-        expected = create_model(config["model"], image_size=size)
+        expected = create_model(config.model, image_size=size)
     assert repr(model) == repr(expected)
     assert math.isfinite(history[-1]["train_loss"]) and 0 <= history[-1]["test_acc"] <= 1
     assert any(not torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
@@ -83,4 +85,4 @@ def test_real_fashion_mnist_resized():
     for name in BOOK:  # every recipe's model builds from the real data and its options
         config = get_recipe(name).run_config()
         with torch.device("meta"):
-            create_model(config["model"], data, **config["model_options"])
+            create_model(config.model, data, **config.model_options)

@@ -11,6 +11,11 @@ therefore gives the same batch on every device.
                   ColorJitter(0.4, 0.4, 0.4), Mixup(0.2, num_classes=10), seed=0)
     data.transform = aug            # TensorLoader calls aug(images, labels) on every batch
     aug = parse_augment("flip,crop=0.5,jitter=0.4,mixup=0.2", num_classes=10)
+
+The geometric transforms (flips, :class:`RandomResizedCrop`) move the targets with the images
+when a pipeline is called with them: label maps ``(N, H, W)`` and detection boxes follow the
+pixels, class labels pass through (see :mod:`divekit.data.targets`). The photometric ones
+leave targets alone, and :class:`Mixup` takes class labels only.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from divekit.data.targets import Targets, check_targets, crop_targets, flip_targets
 from divekit.errors import DivekitError
 
 Generator = torch.Generator | None
@@ -57,23 +63,34 @@ def _check_range(bounds: Sequence[float], name: str, upper: float = math.inf
 
 
 class RandomHorizontalFlip:
-    """Mirror each image left-right with probability ``p``."""
+    """Mirror each image left-right with probability ``p``, its targets with it."""
 
     dim = -1
+    moves_targets = True  # Compose calls apply(images, targets, generator)
 
     def __init__(self, p: float = 0.5) -> None:
         _check_probability(p, type(self).__name__)
         self.p = p
 
     def __call__(self, images: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        return self.apply(images, None, generator)[0]
+
+    def apply(self, images: torch.Tensor, targets: Targets, generator: Generator = None
+              ) -> tuple[torch.Tensor, Targets]:
+        """Flip images and targets (label maps, detection boxes; class labels pass through).
+
+        Shape: images ``(N, C, H, W)``; targets as in :mod:`divekit.data.targets`.
+        """
         _check_images(images, type(self).__name__)
+        check_targets(targets, images, type(self).__name__)
         flip = torch.rand(len(images), generator=generator) < self.p
-        flip = flip.to(images.device).view(-1, 1, 1, 1)
-        return torch.where(flip, images.flip(self.dim), images)
+        flipped = torch.where(flip.to(images.device).view(-1, 1, 1, 1), images.flip(self.dim),
+                              images)
+        return flipped, flip_targets(targets, flip, self.dim, *images.shape[-2:])
 
 
 class RandomVerticalFlip(RandomHorizontalFlip):
-    """Mirror each image top-bottom with probability ``p``."""
+    """Mirror each image top-bottom with probability ``p``, its targets with it."""
 
     dim = -2
 
@@ -84,29 +101,39 @@ class RandomResizedCrop:
     The box covers a fraction ``scale`` of the image area with aspect ratio (width / height)
     in ``ratio``, drawn log-uniformly; after 10 draws that do not fit, the image is
     centre-cropped to the nearest allowed ratio. Boxes have real-valued corners and are
-    resampled bilinearly (antialiased when shrinking) for the whole batch at once.
+    resampled bilinearly (antialiased when shrinking) for the whole batch at once. Label maps
+    take the nearest pixel of the same points; detection boxes are moved, clipped to the
+    output and dropped when too little of them is left (see :mod:`divekit.data.targets`).
 
     Args:
         size: output ``(height, width)`` or one int for a square; ``None`` keeps the input size.
         scale: range of the box area as a fraction of the image area.
         ratio: range of the box aspect ratio, width / height.
+        min_visible: a detection box is kept when at least this fraction of its area lies in
+            the crop (and always dropped when none of it does).
     """
 
     attempts = 10
+    moves_targets = True
 
     def __init__(
         self,
         size: int | tuple[int, int] | None = None,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        min_visible: float = 0.0,
     ) -> None:
         if isinstance(size, int):
             size = (size, size)
         if size is not None and (len(size) != 2 or min(size) < 1):
             raise DivekitError(f"RandomResizedCrop: size must be positive, got {size}")
+        if not 0 <= min_visible <= 1:
+            raise DivekitError(f"RandomResizedCrop: min_visible must be in [0, 1], got "
+                               f"{min_visible}")
         self.size = size
         self.scale = _check_range(scale, "RandomResizedCrop scale", upper=1.0)
         self.ratio = _check_range(ratio, "RandomResizedCrop ratio")
+        self.min_visible = min_visible
 
     def boxes(self, n: int, height: int, width: int, generator: Generator = None) -> torch.Tensor:
         """Draw one crop box per image.
@@ -135,14 +162,26 @@ class RandomResizedCrop:
         return torch.stack([left, top, box_w, box_h], 1)
 
     def __call__(self, images: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        return self.apply(images, None, generator)[0]
+
+    def apply(self, images: torch.Tensor, targets: Targets, generator: Generator = None
+              ) -> tuple[torch.Tensor, Targets]:
+        """Crop images and targets (label maps, detection boxes; class labels pass through).
+
+        Shape: images ``(N, C, H, W)`` -> ``(N, C, *size)``; targets as in
+        :mod:`divekit.data.targets`.
+        """
         _check_images(images, "RandomResizedCrop")
+        check_targets(targets, images, "RandomResizedCrop")
         n, _, height, width = images.shape
-        left, top, box_w, box_h = self.boxes(n, height, width, generator).unbind(1)
+        windows = self.boxes(n, height, width, generator)
+        left, top, box_w, box_h = windows.unbind(1)
         out_h, out_w = self.size or (height, width)
         rows = resampling_weights(top, box_h, height, out_h).to(images.device, images.dtype)
         cols = resampling_weights(left, box_w, width, out_w).to(images.device, images.dtype)
         # Bilinear resampling is separable: rows, then columns, as two batched matmuls.
-        return rows.unsqueeze(1) @ images @ cols.unsqueeze(1).transpose(-1, -2)
+        cropped = rows.unsqueeze(1) @ images @ cols.unsqueeze(1).transpose(-1, -2)
+        return cropped, crop_targets(targets, windows, (out_h, out_w), self.min_visible)
 
 
 def resampling_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int
@@ -422,6 +461,9 @@ class Mixup:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: Generator = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_images(images, "Mixup")
+        if not isinstance(labels, torch.Tensor) or labels.ndim > 2:
+            raise DivekitError("Mixup mixes class labels only; it cannot mix label maps or "
+                               "detection targets")
         if labels.is_floating_point() and labels.shape == (len(images), self.num_classes):
             soft = labels
         elif labels.shape == (len(images),) and not labels.is_floating_point():
@@ -450,7 +492,9 @@ class Compose:
 
     Args:
         transforms: image transforms ``t(images, generator)``; label transforms such as
-            :class:`Mixup` (``uses_labels = True``) take ``t(images, labels, generator)``.
+            :class:`Mixup` (``uses_labels = True``) take ``t(images, labels, generator)``;
+            geometric ones (``moves_targets = True``) are given the labels, when there are
+            any, as ``t.apply(images, labels, generator)`` and move label maps and boxes.
         seed: draw from a private generator seeded with this; ``None`` uses torch's global
             generator (seeded and checkpointed by the Trainer, so exact resume holds).
     """
@@ -459,14 +503,16 @@ class Compose:
         self.transforms = list(transforms)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None
-                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: Targets | None = None
+                 ) -> torch.Tensor | tuple[torch.Tensor, Targets]:
         for transform in self.transforms:
             if getattr(transform, "uses_labels", False):
                 if labels is None:
                     raise DivekitError(f"{type(transform).__name__} needs labels: call the "
                                        "pipeline as aug(images, labels)")
                 images, labels = transform(images, labels, self.generator)
+            elif labels is not None and getattr(transform, "moves_targets", False):
+                images, labels = transform.apply(images, labels, self.generator)
             else:
                 images = transform(images, self.generator)
         return images if labels is None else (images, labels)

@@ -147,6 +147,7 @@ def _standardized(data: DataModule, normalize: bool) -> DataModule:
         mean = images.mean(dim=(0, 2, 3), keepdim=True)
         std = images.std(dim=(0, 2, 3), keepdim=True)
         data.train, data.test = [((x - mean) / std, y) for x, y in (data.train, data.test)]
+        data.normalization = (mean.flatten(), std.flatten())
     return data
 
 

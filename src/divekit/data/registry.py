@@ -6,6 +6,8 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from torch.utils.data import Dataset, Subset
 
 from divekit.data.loaders import TensorLoader
 from divekit.data.streaming import DatasetLoader
+from divekit.data.targets import Targets, resize_targets
 from divekit.errors import DivekitError
 from divekit.registry import Registry
 
@@ -49,6 +52,8 @@ class DataModule:
         num_workers: worker processes reading a dataset split (0: the main process).
         collate_fn: turns a list of a dataset split's examples into a batch (default:
             PyTorch's, which stacks equal-sized tensors; see :mod:`divekit.data.collate`).
+        normalization: ``(mean, std)`` the stored images were standardised with, so that a
+            new image can be given to a model the same way (:meth:`read_input`).
     """
 
     name: str
@@ -64,6 +69,7 @@ class DataModule:
     resize: int | None = None
     num_workers: int = 0
     collate_fn: Callable | None = None
+    normalization: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -89,6 +95,26 @@ class DataModule:
             raise DivekitError(f"resizing needs image batches (N, C, H, W); {self.name!r} has "
                                f"examples of shape {shape}")
         return dataclasses.replace(self, resize=size)
+
+    def read_input(self, path: Path) -> torch.Tensor:
+        """An image file as this data's models take it: decoded, converted to the data's
+        channels, resized to its input size, scaled to [0, 1] and standardised as the data is.
+
+        Returns:
+            float tensor of shape :attr:`input_shape` ``(C, H, W)``.
+        """
+        from divekit.data.folder import read_image
+
+        shape = self.input_shape
+        if len(shape) != 3 or shape[1] != shape[2] or shape[0] not in (1, 3):
+            raise DivekitError(f"dataset {self.name!r} has inputs of shape {shape}; only square "
+                               f"grey or RGB image data takes image files")
+        pixels = read_image(Path(path), shape[1], grayscale=shape[0] == 1)
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+        if self.normalization is not None:
+            mean, std = self.normalization
+            image = (image - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)
+        return image
 
     def train_dataloader(self) -> TensorLoader | DatasetLoader:
         transform = self.transform
@@ -117,11 +143,15 @@ class DataModule:
         return TensorLoader(*split, batch_size=batch_size, shuffle=shuffle, seed=self.seed,
                             device=self.device, transform=transform)
 
-    def _resize(self, images: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _resize(self, images: torch.Tensor, *targets: Targets) -> tuple[Any, ...]:
+        """Images resized bilinearly to ``resize x resize``, their targets with them: label
+        maps by the nearest pixel, boxes scaled, class labels as they are
+        (:func:`~divekit.data.targets.resize_targets`)."""
         size = (self.resize, self.resize)
-        return (F.interpolate(images, size=size, mode="bilinear", align_corners=False), *rest)
+        resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return (resized, *(resize_targets(target, images, size) for target in targets))
 
-    def _resize_then_transform(self, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _resize_then_transform(self, *batch: Any) -> Any:
         return self.transform(*self._resize(*batch))
 
     def __repr__(self) -> str:

@@ -122,6 +122,7 @@ def _normalized(data: DataModule, normalize: bool) -> DataModule:
     if normalize:
         mean, std = data.train[0].mean(), data.train[0].std()
         data.train, data.test = [((x - mean) / std, y) for x, y in (data.train, data.test)]
+        data.normalization = (mean.reshape(1), std.reshape(1))
     return data
 
 

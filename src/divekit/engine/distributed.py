@@ -8,6 +8,7 @@ every batch and sums the metrics over processes. Only rank 0 writes files and pr
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -32,7 +33,16 @@ def join(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Left to interpreter shutdown, Gloo's threads sometimes outlive the group and the
+        # process aborts ("terminate called without an active exception").
+        atexit.register(_leave)
     return device
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ processes under ``torchrun``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from divekit.config import TrainerSettings
 from divekit.engine import distributed
 from divekit.engine.callbacks import Callback, EarlyStopping
 from divekit.engine.checkpoint import (
@@ -147,6 +149,7 @@ class Trainer:
             raise DivekitError(f"mode must be 'max' or 'min' (is a larger {monitor or 'metric'} "
                                f"better?), got {mode!r}")
         self.max_epochs, self.lr, self.optimizer_spec = max_epochs, lr, optimizer
+        self.early_stopping = early_stopping
         self.task_spec = create_task(task) if task is not None else None
         self.task: Task | None = self.task_spec
         self.ema = ema or None  # a decay of 0 averages nothing: the weights themselves
@@ -461,16 +464,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- run directory
     def config(self) -> dict[str, Any]:
-        """The resolved settings, as written to ``config.json``."""
-        settings = {
-            key: getattr(self, key) for key in (
-                "max_epochs", "lr", "lr_mult", "momentum", "weight_decay", "nesterov", "schedule",
-                "warmup_epochs", "grad_clip", "accumulate", "ema", "monitor", "mode", "amp",
-                "channels_last", "compile", "seed",
-            )
-        }
-        settings["optimizer"] = self.optimizer_spec if isinstance(self.optimizer_spec, str) \
-            else repr(self.optimizer_spec)
+        """The resolved settings, as written to ``config.json``: the extra entries given to
+        the Trainer, the task and its options, and every :class:`TrainerSettings` field."""
+        attributes = {"optimizer": "optimizer_spec"}
+        settings = {item.name: getattr(self, attributes.get(item.name, item.name))
+                    for item in dataclasses.fields(TrainerSettings)}
+        if not isinstance(self.optimizer_spec, str):
+            settings["optimizer"] = repr(self.optimizer_spec)
         settings["device"] = str(self.device)
         config = dict(self.extra_config)
         if self.task is not None:

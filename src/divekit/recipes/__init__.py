@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from divekit.config import RunConfig, TrainerSettings
 from divekit.registry import Registry
 
 
@@ -34,12 +35,12 @@ class Recipe:
     name: str
     section: str
     description: str
-    config: dict[str, Any] | None = None
+    config: RunConfig | None = None
     book: str = ""
     target: str = ""
     runner: Callable[[Path], dict[str, Any]] | None = None
 
-    def run_config(self) -> dict[str, Any]:
+    def run_config(self) -> RunConfig:
         """A deep copy of the config, safe to modify."""
         return copy.deepcopy(self.config)
 
@@ -49,11 +50,10 @@ RECIPES: Registry[Recipe] = Registry("recipe")
 
 def training_run(model: str, data: str, batch_size: int, *,
                  model_options: dict[str, Any] | None = None,
-                 data_options: dict[str, Any] | None = None, **trainer: Any) -> dict[str, Any]:
+                 data_options: dict[str, Any] | None = None, **trainer: Any) -> RunConfig:
     """A run config: the model and data by name and options, and the Trainer's settings."""
-    return {"model": model, "model_options": dict(model_options or {}), "data": data,
-            "data_options": dict(data_options or {}), "batch_size": batch_size, "val_size": 0,
-            "trainer": trainer}
+    return RunConfig(model, data, batch_size, model_options=dict(model_options or {}),
+                     data_options=dict(data_options or {}), trainer=TrainerSettings(**trainer))
 
 
 def add_recipe(recipe: Recipe) -> Recipe:
