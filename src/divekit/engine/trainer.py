@@ -10,7 +10,6 @@ processes under ``torchrun``.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -33,6 +32,7 @@ from divekit.engine.checkpoint import (
     set_rng_state,
 )
 from divekit.engine.device import autocast, select_device
+from divekit.engine.ema import WeightAverage
 from divekit.engine.finetune import param_groups
 from divekit.engine.history import History
 from divekit.engine.metrics import SplitMeters
@@ -82,7 +82,7 @@ class Trainer:
             weights ``fit`` leaves in the model are the average's; checkpoints keep the raw
             weights too, for exact resume. ``0`` or ``None``: no average. Averaging removes
             the epoch-to-epoch noise of SGD at a high constant learning rate (Polyak &
-            Juditsky 1992).
+            Juditsky 1992); the :class:`~divekit.engine.ema.WeightAverage` callback.
         early_stopping: stop after this many epochs without improvement of ``monitor``.
         monitor: the metric that picks the best checkpoint: a full name (``"val_acc"``) or a
             metric of the per-epoch evaluation split (``"acc"``, ``"loss"``, ``"bleu"``);
@@ -142,9 +142,6 @@ class Trainer:
         _check_positive_int("accumulate", accumulate)
         if grad_clip is not None and not grad_clip > 0:
             raise DivekitError(f"grad_clip must be positive, got {grad_clip}")
-        if ema is not None and not 0 <= ema < 1:
-            raise DivekitError(f"ema is the decay of the weight average and must be in [0, 1), "
-                               f"e.g. 0.99 or 0.999 (0 = no average); got {ema}")
         if mode not in (None, "max", "min"):
             raise DivekitError(f"mode must be 'max' or 'min' (is a larger {monitor or 'metric'} "
                                f"better?), got {mode!r}")
@@ -153,6 +150,8 @@ class Trainer:
         self.task_spec = create_task(task) if task is not None else None
         self.task: Task | None = self.task_spec
         self.ema = ema or None  # a decay of 0 averages nothing: the weights themselves
+        # First: its average is updated before any other callback sees the step.
+        averaging = [WeightAverage(ema)] if ema is not None and ema != 0 else []
         if lr_mult and callable(optimizer):
             raise DivekitError("lr_mult needs a named optimizer; build a callable's parameter "
                                "groups with divekit.engine.finetune.param_groups instead")
@@ -173,7 +172,7 @@ class Trainer:
             raise DivekitError("checkpoint_every and tensorboard write into the run directory: "
                                "give out_dir as well")
         self.checkpoint_every, self.tensorboard = checkpoint_every, tensorboard
-        self.callbacks: list[Callback] = list(callbacks)
+        self.callbacks: list[Callback] = averaging + list(callbacks)
         if early_stopping:
             self.callbacks.append(EarlyStopping(patience=early_stopping))
         if progress and self.rank == 0:
@@ -206,14 +205,7 @@ class Trainer:
         self.data_summary = repr(data)
         self.model = self._prepare(model)
         self.forward = self.model
-        self.ema_model = None
-        if self.ema is not None:
-            self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
-            # Each shared (tied) tensor once: parameters() and buffers() skip repeats.
-            self._ema_pairs = [
-                (average.data, current.data) for average, current in zip(
-                    [*self.ema_model.parameters(), *self.ema_model.buffers()],
-                    [*self.model.parameters(), *self.model.buffers()], strict=True)]
+        self.eval_model = self.model  # a callback may evaluate other weights (WeightAverage)
         if self.world_size > 1:
             self.forward = nn.parallel.DistributedDataParallel(self.model)
         if self.compile:
@@ -236,18 +228,18 @@ class Trainer:
         self.history, self.stop_reason = History(), None
         self.epoch = self.global_step = self.step_in_epoch = 0
         self.best, self.improved, self._resumed_meters = {"value": None, "epoch": None}, False, None
-        if resume:
-            self.load_state_dict(self._checkpoint(resume))
-        else:
+        if not resume:
             seed_everything(self.seed + self.rank)  # other dropout masks on every replica
         for callback in self.callbacks:
             callback.on_fit_start(self)
+        if resume:  # after on_fit_start: callbacks have built what the checkpoint restores
+            self.load_state_dict(self._checkpoint(resume))
         with Signals(self) as self._signals:
             try:
                 while self.epoch < self.max_epochs and self.stop_reason is None:
                     metrics = self._train_epoch()
-                    evaluated = self.model if self.ema_model is None else self.ema_model
-                    metrics.update(self.evaluate(evaluated, eval_loader, prefix=self.eval_split))
+                    metrics.update(self.evaluate(self.eval_model, eval_loader,
+                                                 prefix=self.eval_split))
                     self.epoch += 1
                     self.step_in_epoch = 0
                     metrics["epoch"] = self.epoch
@@ -260,8 +252,6 @@ class Trainer:
                 for callback in self.callbacks:
                     callback.on_exception(self, error)
                 raise
-        if self.ema_model is not None:
-            self.model.load_state_dict(self.ema_model.state_dict())
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.stop_reason:
@@ -369,8 +359,6 @@ class Trainer:
             self.scheduler.step()
             self.global_step += 1
             self.step_in_epoch += 1
-            if self.ema_model is not None:
-                self._update_ema()
             if self.step_in_epoch % self.nan_check_every == 0:
                 self._check_finite()
             for callback in self.callbacks:
@@ -404,15 +392,6 @@ class Trainer:
         values, directions = meters.compute(prefix)
         self.directions.update(directions)
         return values
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = min(self.ema, self.global_step / (self.global_step + 9))
-        for average, current in self._ema_pairs:
-            if average.is_floating_point():
-                average.lerp_(current, 1 - decay)
-            else:  # counters such as BatchNorm's num_batches_tracked
-                average.copy_(current)
 
     def _task_for(self, data) -> Task:
         if self.task_spec is not None:
@@ -496,7 +475,9 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
-            **({"ema": self.ema_model.state_dict()} if self.ema_model is not None else {}),
+            # The evaluated weights when they are not the trained ones (the weight average).
+            **({"ema": self.eval_model.state_dict()} if self.eval_model is not self.model
+               else {}),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -516,8 +497,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (inside ``fit``, once the model and optimizer exist)."""
         self.model.load_state_dict(state["model"])
-        if self.ema_model is not None:
-            self.ema_model.load_state_dict(inference_weights(state))
+        if self.eval_model is not self.model:
+            self.eval_model.load_state_dict(inference_weights(state))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
