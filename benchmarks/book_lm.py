@@ -88,9 +88,9 @@ def book_loop(name: str, seed: int) -> tuple[float, float]:
 
 def divekit_run(name: str, seed: int, book_only: bool) -> float:
     config = get_recipe(f"{name}-lm-timemachine-book").run_config()
-    config["trainer"]["seed"] = seed
+    config.trainer.seed = seed
     if book_only:
-        config["trainer"].update(ema=0.0, weight_decay=0.0)
+        config.trainer.ema, config.trainer.weight_decay = 0.0, 0.0
     with tempfile.TemporaryDirectory() as folder:
         history, _ = experiment.train(config, Path(folder), progress=False)
     return history[-1]["val_ppl"]
