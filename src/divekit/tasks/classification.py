@@ -58,7 +58,8 @@ class Classification(Task):
         targets = self.targets(batch)
         if targets.is_floating_point():  # soft labels: score the dominant class
             targets = targets.argmax(1)
-        metrics["acc"].update(output.outputs, targets)
+        # Class indices, not logits: torchmetrics' update then costs ~50 us instead of ~80.
+        metrics["acc"].update(output.outputs.argmax(1), targets)
 
     def describe(self, outputs: torch.Tensor, data, top: int = 3) -> list[str]:
         """``name 0.91, name 0.05, ...``: the ``top`` most probable classes of each example."""
