@@ -202,8 +202,6 @@ def _matches(value: Any, annotation: Any) -> bool:
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         return isinstance(value, list | tuple) and all(_matches(v, item_type) for v in value)
-    if dataclasses.is_dataclass(annotation):
-        return isinstance(value, annotation)
     return isinstance(value, annotation)
 
 

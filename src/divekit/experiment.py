@@ -122,9 +122,7 @@ def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str =
     config = RunConfig.read(run_dir)
     if model_info(config.model).task != "language-model":
         raise DivekitError(f"{run_dir} trained {config.model!r}, which is not a language model")
-    state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
-    data, model = build(config, data_dir, pretrained=False)
-    model.load_state_dict(inference_weights(state))
+    _, data, model = load_run(run_dir, checkpoint, data_dir)
     level = config.data_options.get("level", "word" if config.data == "wikitext-2" else "char")
     return generate(model, data.vocab, prefix, num_tokens, level=level,
                     generator=torch.Generator().manual_seed(seed), **sampling)

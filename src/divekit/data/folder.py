@@ -83,7 +83,7 @@ def _paths_and_labels(classes: dict[str, list[Path]]) -> tuple[list[Path], torch
     return paths, labels
 
 
-def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 ``(..., H, W, C)`` -> float32 ``(..., C, H, W)`` in ``[0, 1]``, contiguous."""
     # np.asarray of a Pillow image is read-only; torch warns about wrapping such an array.
     images = torch.from_numpy(np.require(pixels, requirements="W")).movedim(-1, -3)
@@ -102,7 +102,7 @@ def load_split(classes: dict[str, list[Path]], size: int,
     pixels = np.empty((len(paths), size, size, 1 if grayscale else 3), dtype=np.uint8)
     for i, path in enumerate(paths):
         pixels[i] = read_image(path, size, grayscale)
-    return _to_tensor(pixels), labels
+    return to_tensor(pixels), labels
 
 
 class ImageFolderDataset(Dataset):
@@ -137,7 +137,7 @@ class ImageFolderDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = _to_tensor(read_image(self.paths[index], self.size, self.grayscale))
+        image = to_tensor(read_image(self.paths[index], self.size, self.grayscale))
         # A clone, not a view: a view would carry the whole label tensor to the main process.
         return image, self.labels[index].clone()
 

@@ -103,14 +103,13 @@ class DataModule:
         Returns:
             float tensor of shape :attr:`input_shape` ``(C, H, W)``.
         """
-        from divekit.data.folder import read_image
+        from divekit.data.folder import read_image, to_tensor
 
         shape = self.input_shape
         if len(shape) != 3 or shape[1] != shape[2] or shape[0] not in (1, 3):
             raise DivekitError(f"dataset {self.name!r} has inputs of shape {shape}; only square "
                                f"grey or RGB image data takes image files")
-        pixels = read_image(Path(path), shape[1], grayscale=shape[0] == 1)
-        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+        image = to_tensor(read_image(Path(path), shape[1], grayscale=shape[0] == 1))
         if self.normalization is not None:
             mean, std = self.normalization
             image = (image - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)

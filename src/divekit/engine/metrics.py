@@ -105,13 +105,11 @@ class SplitMeters:
                             for name, metric in self.metrics.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for meter, saved in [(self.loss, state["loss"]),
-                             *((self.parts.setdefault(name, Mean(self.device)), part)
-                               for name, part in state["parts"].items()),
-                             *((self.metrics[name], values)
-                               for name, values in state["metrics"].items())]:
-            for attribute, value in saved.items():
-                setattr(meter, attribute, value)
+        _set_state(self.loss, state["loss"])
+        for name, saved in state["parts"].items():
+            _set_state(self.parts.setdefault(name, Mean(self.device)), saved)
+        for name, saved in state["metrics"].items():
+            _set_state(self.metrics[name], saved)
 
     def compute(self, prefix: str) -> tuple[dict[str, float], dict[str, bool | None]]:
         """``{prefix_name: value}`` and, for each, whether larger is better."""
@@ -124,6 +122,11 @@ class SplitMeters:
                 values[f"{prefix}_{key}"] = value
                 directions[f"{prefix}_{key}"] = higher
         return values, directions
+
+
+def _set_state(meter: Any, state: dict[str, Any]) -> None:
+    for attribute, value in state.items():  # torchmetrics keeps its state as attributes
+        setattr(meter, attribute, value)
 
 
 def _scalars(name: str, value: Any) -> list[tuple[str, float]]:
