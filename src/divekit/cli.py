@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--checkpoint", choices=["best", "last"], default="best")
     generate.add_argument("--data-dir")
 
+    translate = commands.add_parser(
+        "translate", help="translate sentences with a trained encoder-decoder",
+        description="Translate sentences with a translation run's checkpoint (greedy, or beam "
+        "search with --beam).")
+    translate.add_argument("run_dir", type=Path)
+    translate.add_argument("sentences", nargs="+", metavar="SENTENCE")
+    translate.add_argument("--beam", type=_positive_int, help="beam width (default: the run's)")
+    translate.add_argument("--attention", type=Path, metavar="PNG",
+                           help="draw the attention over the source (one sentence)")
+    translate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    translate.add_argument("--data-dir")
+    translate.add_argument("--device", default="auto")
+
     summary = commands.add_parser(
         "summary", help="layers, output shapes, parameters and multiply-accumulates of a model")
     summary.add_argument("model", help="registered model name (see `divekit list models`)")
@@ -267,6 +281,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.run_dir, args.prefix, args.tokens, args.checkpoint, args.data_dir, args.seed,
             strategy=args.strategy, temperature=args.temperature, top_k=args.top_k))
         return 0
+    if args.command == "translate":
+        return _translate(args)
     if args.command == "summary":
         options = dict(args.model_option or [])
         if args.num_classes is not None:
@@ -293,7 +309,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         if recipe.runner is not None:
             return _run_scripted(recipe, args)
-        return _train(_apply_flags(recipe.run_config(), args), args)
+        return _train(_apply_flags(recipe.run_config(), args), args, report=recipe.report)
     if args.resume is not None:
         if args.model is not None:
             raise DivekitError("give either a model or --resume RUN_DIR, not both")
@@ -333,7 +349,8 @@ def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(values, source="the command line")
 
 
-def _train(config: RunConfig, args: argparse.Namespace, resume: bool = False) -> int:
+def _train(config: RunConfig, args: argparse.Namespace, resume: bool = False,
+           report: Callable[[Path], list[str]] | None = None) -> int:
     out = args.out or experiment.default_run_dir(config.model, config.data)
     main_process = distributed.world()[0] == 0  # under torchrun only rank 0 prints
     if main_process:
@@ -341,6 +358,8 @@ def _train(config: RunConfig, args: argparse.Namespace, resume: bool = False) ->
     _, test = experiment.train(config, Path(out), resume=resume, progress=not args.quiet)
     if main_process:
         print(_final_line(test), flush=True)
+        for line in report(Path(out)) if report is not None else ():
+            print(line, flush=True)
     return 0
 
 
@@ -361,6 +380,29 @@ def _run_scripted(recipe, args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for key, value in results.items():
         print(f"{key}: {_rounded(value)}")
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    if args.attention is not None and len(args.sentences) != 1:
+        raise DivekitError("--attention draws one sentence's attention: give one sentence")
+    results = experiment.translate(args.run_dir, args.sentences, args.checkpoint, args.data_dir,
+                                   args.device, num_beams=args.beam)
+    for result in results:
+        if result.unknown:
+            print(f"note: not in the vocabulary, read as <unk>: {', '.join(result.unknown)}",
+                  file=sys.stderr)
+        print(result.text)
+    if args.attention is not None:
+        from divekit.engine.plots import plot_heatmap
+
+        result = results[0]
+        if result.attention is None:
+            raise DivekitError("this model has no attention over the source to draw")
+        plot_heatmap(result.attention, args.attention, xlabels=[*result.source, "<eos>"],
+                     ylabels=[*result.text.split(), "<eos>"], xlabel="source",
+                     ylabel="translation", title="attention")
+        print(f"attention: {args.attention}", file=sys.stderr)
     return 0
 
 

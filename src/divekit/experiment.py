@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,71 @@ def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str =
     level = config.data_options.get("level", "word" if config.data == "wikitext-2" else "char")
     return generate(model, data.vocab, prefix, num_tokens, level=level,
                     generator=torch.Generator().manual_seed(seed), **sampling)
+
+
+@dataclass
+class Translation:
+    """One translated sentence: the words the model read (unknown ones as ``<unk>``), its
+    translation, the source words it did not know, and the attention of each output token over
+    the source tokens (``(output tokens + <eos>, source tokens + <eos>)``) when the model has
+    cross-attention."""
+
+    source: list[str]
+    text: str
+    unknown: list[str]
+    attention: torch.Tensor | None = None
+
+
+def translate(run_dir: Path, sentences: list[str], checkpoint: str = "best",
+              data_dir: str | None = None, device: str = "auto",
+              num_beams: int | None = None) -> list[Translation]:
+    """Translate sentences with the encoder-decoder of a run directory.
+
+    Args:
+        sentences: raw text; the course's preprocessing is applied (lower case, spaced
+            punctuation).
+        num_beams: beam width (default: the run's task setting; 1 = greedy).
+    """
+    from divekit.text.tokenize import preprocess_nmt
+
+    config = RunConfig.read(run_dir)
+    if model_info(config.model).task != "translation":
+        raise DivekitError(f"{run_dir} trained {config.model!r}, which is not a translation "
+                           "model (see `divekit list models`)")
+    trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
+    task = trainer.task
+    if num_beams is not None:
+        task.num_beams = num_beams
+    vocab, longest = data.src_vocab, data.input_shape[0]
+    results = []
+    model = trainer._prepare(model).eval()
+    for sentence in sentences:
+        words = preprocess_nmt(sentence).split()
+        if not words:
+            raise DivekitError("the sentence to translate is empty")
+        if len(words) + 1 > longest:
+            raise DivekitError(f"the sentence has {len(words)} words; this model was trained "
+                               f"on sentences of at most {longest - 1}: split it")
+        ids = vocab[words] + [vocab["<eos>"]]
+        src = torch.tensor([ids], device=trainer.device)
+        src_len = torch.tensor([len(ids)], device=trainer.device)
+        with torch.no_grad():
+            tokens = task.decode(model, src, src_len)[0]
+            attention = _attention(model, src, src_len, task.specials, tokens)
+        results.append(Translation(vocab.to_tokens(ids[:-1]), task.detokenize(tokens),
+                                   [w for w in words if w not in vocab], attention))
+    return results
+
+
+def _attention(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor,
+               specials: dict[str, int], tokens: list[int]) -> torch.Tensor | None:
+    """The cross-attention of each step while the model reads back its own translation."""
+    state = model.encode(src, src_len)
+    inputs = [specials["bos"], *tokens]
+    rows = []
+    for token in inputs:
+        _, state = model.step(torch.tensor([token], device=src.device), state)
+        if "attention" not in state:
+            return None
+        rows.append(state["attention"][0].float().cpu())
+    return torch.stack(rows)

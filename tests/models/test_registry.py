@@ -69,10 +69,16 @@ def small_example(name):
     options = {"image_size": 28} if "image_size" in info.options() else {}
     if info.task == "language-model":
         options["num_classes"] = 10  # the vocabulary size
+    if info.task == "translation":
+        options |= {"src_vocab_size": 10, "tgt_vocab_size": 9}
     torch.manual_seed(0)
     model = dk.create_model(name, **options)
     if info.task == "language-model":
         return model, torch.randint(0, 10, (3, 7)), (3, 7, 10)
+    if info.task == "translation":  # (src, src_len, tgt_in) -> next-token logits
+        inputs = (torch.randint(0, 10, (3, 7)), torch.tensor([7, 4, 1]),
+                  torch.randint(0, 9, (3, 5)))
+        return model, inputs, (3, 5, 9)
     if info.task == "regression":
         return model, torch.randn(3, *info.input_shape), (3, 1)
     return model, torch.randn(3, 1, 28, 28), (3, 10)
@@ -83,7 +89,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     # Every model works at small inputs: image models at 1 x 28 x 28, language models on
     # 7-token sequences over a 10-token vocabulary.
     model, x, expected_shape = small_example(name)
-    out = model(x)
+    out = model(*x) if isinstance(x, tuple) else model(x)
     assert out.shape == expected_shape
     assert torch.isfinite(out).all()
     out.square().mean().backward()

@@ -1,6 +1,13 @@
 """Datasets, loaders and downloads. Importing this package registers every dataset."""
 
-from divekit.data import cifar, folder, synthetic, text, vision  # noqa: F401  (registration)
+from divekit.data import (  # noqa: F401  (registration)
+    cifar,
+    folder,
+    synthetic,
+    text,
+    translation,
+    vision,
+)
 from divekit.data.augment import Compose, parse_augment
 from divekit.data.loaders import TensorLoader
 from divekit.data.paths import data_root

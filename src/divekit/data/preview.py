@@ -105,9 +105,6 @@ def _draw(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], pa
                         interpolation="nearest")
             axis.set_title(label_title(labels[index], class_names), fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from divekit.engine.plots import save_png
+
+    return save_png(fig, path, dpi=DPI)

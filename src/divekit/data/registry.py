@@ -115,6 +115,17 @@ class DataModule:
             image = (image - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)
         return image
 
+    @property
+    def model_options(self) -> dict[str, int]:
+        """Sizes a model takes from this data beyond the input shape and classes (e.g. the
+        vocabulary sizes of a translation model): see :func:`~divekit.models.create_model`."""
+        return {}
+
+    def hold_out(self, val_size: float | int, seed: int) -> None:
+        """Move ``val_size`` training examples (a count, or a fraction in (0, 1)), chosen by
+        ``seed``, into a new validation split."""
+        self.train, self.val = _split(self.train, val_size, seed)
+
     def train_dataloader(self) -> TensorLoader | DatasetLoader:
         transform = self.transform
         if self.resize is not None:
@@ -231,7 +242,7 @@ def load_data(
     data = info.build(data_dir=data_dir, **options)
     data.batch_size, data.seed, data.device = batch_size, seed, device
     if val_size:
-        data.train, data.val = _split(data.train, val_size, seed)
+        data.hold_out(val_size, seed)
     return data if resize is None else data.resized(resize)
 
 

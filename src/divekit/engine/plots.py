@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -27,8 +28,73 @@ def plot_history(history: list[dict], path: Path, max_panels: int = 4) -> Path:
         axis.grid(alpha=0.3)
         axis.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    return save_png(fig, path)
+
+
+def plot_heatmap(matrix, path: Path, *, xlabels: list[str] | None = None,
+                 ylabels: list[str] | None = None, xlabel: str = "", ylabel: str = "",
+                 title: str = "") -> Path:
+    """Draw a 2-D matrix (attention weights: queries as rows, keys as columns) into ``path``.
+
+    Args:
+        matrix: a 2-D tensor, array or nested list of numbers, shape (rows, columns).
+        path: the PNG to write (replaced atomically).
+        xlabels, ylabels: one tick label per column / row (tokens); x labels are rotated so
+            words do not overlap.
+        xlabel, ylabel, title: axis names and title.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+    import numpy as np
+
+    from divekit.errors import DivekitError
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    if hasattr(matrix, "detach"):  # a tensor, possibly on a GPU or requiring grad
+        matrix = matrix.detach().float().cpu().numpy()
+    values = np.asarray(matrix, dtype=float)
+    if values.ndim != 2 or values.size == 0:
+        raise DivekitError(f"plot_heatmap draws a non-empty 2-D matrix, got shape "
+                           f"{values.shape}; select one example and one head first")
+    path = Path(path)
+    rows, columns = values.shape
+    for name, labels, count in (("xlabels", xlabels, columns), ("ylabels", ylabels, rows)):
+        if labels is not None and len(labels) != count:
+            raise DivekitError(f"{name} has {len(labels)} labels for {count} "
+                               f"{'columns' if name == 'xlabels' else 'rows'}; give one each")
+    # About a third of an inch per cell, within a readable range.
+    width = min(max(0.35 * columns + 2.5, 4.0), 10.0)
+    height = min(max(0.35 * rows + 1.5, 3.0), 10.0)
+    fig, axis = plt.subplots(figsize=(width, height))
+    image = axis.imshow(values, cmap="Reds", aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=axis)
+    if xlabels is not None:
+        axis.set_xticks(range(columns), [str(label) for label in xlabels], rotation=90)
+    if ylabels is not None:
+        axis.set_yticks(range(rows), [str(label) for label in ylabels])
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def save_png(fig, path: Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (a temporary file beside it, then a
+    rename) and close it; the folder is created if needed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path

@@ -11,7 +11,9 @@ from divekit.models import (  # noqa: F401  (registration)
     resnet,
     rnn,
     scratch,
+    seq2seq,
     smallcnn,
+    transformer,
     vgg,
 )
 from divekit.models.registry import (

@@ -116,6 +116,7 @@ def create_model(name: str, data=None, **options) -> nn.Module:
         derived = {"in_channels": shape[0], "num_inputs": _prod(shape), "image_size": shape[-1]}
         if data.num_classes is not None:
             derived["num_classes"] = data.num_classes
+        derived |= getattr(data, "model_options", {})
         for key, value in derived.items():
             if key in accepted:
                 options.setdefault(key, value)

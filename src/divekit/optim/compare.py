@@ -16,7 +16,6 @@ import torch
 
 from divekit.data import DataModule, TensorLoader
 from divekit.errors import DivekitError
-from divekit.optim.trajectories import _save_png
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
 
@@ -148,4 +147,6 @@ def plot_loss_vs_time(results: dict[str, list[tuple[float, float]]], path: str |
     axis.grid(alpha=0.3)
     axis.legend()
     fig.tight_layout()
-    return _save_png(fig, Path(path))
+    from divekit.engine.plots import save_png
+
+    return save_png(fig, Path(path))

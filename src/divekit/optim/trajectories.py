@@ -13,7 +13,6 @@ one learning rate is too small for ``x1`` or too large for ``x2``. Its non-conve
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -160,7 +159,9 @@ def plot_trajectories(
     axis.set_ylabel("x2")
     axis.legend()
     fig.tight_layout()
-    return _save_png(fig, Path(path))
+    from divekit.engine.plots import save_png
+
+    return save_png(fig, Path(path))
 
 
 def plot_path_1d(
@@ -194,22 +195,9 @@ def plot_path_1d(
     axis.set_ylabel("f(x)")
     axis.legend()
     fig.tight_layout()
-    return _save_png(fig, Path(path))
+    from divekit.engine.plots import save_png
 
-
-def _save_png(fig, path: Path) -> Path:
-    """Write the figure to a temporary name beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    import matplotlib.pyplot as plt
-
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_png(fig, Path(path))
 
 
 def _check_steps(steps: int) -> None:

@@ -30,6 +30,8 @@ class Recipe:
         runner: for experiments that are not one Trainer run (2-D optimizer paths, weight
             decay sweeps, ...): ``runner(out_dir) -> results`` writes its files (plots) into
             ``out_dir`` and returns a flat dict of JSON-able results.
+        report: after a training run, ``report(run_dir) -> lines`` that ``recipe run`` prints
+            (e.g. the book's example translations next to ours).
     """
 
     name: str
@@ -39,6 +41,7 @@ class Recipe:
     book: str = ""
     target: str = ""
     runner: Callable[[Path], dict[str, Any]] | None = None
+    report: Callable[[Path], list[str]] | None = None
 
     def run_config(self) -> RunConfig:
         """A deep copy of the config, safe to modify."""
@@ -69,10 +72,12 @@ def get_recipe(name: str) -> Recipe:
 
 
 from divekit.recipes import (  # noqa: E402, F401  (registration)
+    attention,
     classic,
     finetune,
     language,
     scratch,
     sequence,
+    translation,
     zoo,
 )

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from divekit.data import load_data
+from divekit.engine.plots import save_png
 from divekit.recipes import Recipe, add_recipe
 from divekit.scratch.sequence import (
     k_step_errors,
@@ -62,13 +63,7 @@ def plot_k_step(
     error_axis.set_ylabel("mean squared error")
     error_axis.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, Path(path))
 
 
 def sine_autoregression(out_dir: Path) -> dict[str, Any]:

@@ -38,3 +38,13 @@ def tokenize(text_or_lines: str | Sequence[str], level: str = "char") -> list:
     if isinstance(text_or_lines, str):
         return split(text_or_lines)
     return [split(line) for line in text_or_lines]
+
+
+def preprocess_nmt(text: str) -> str:
+    """The course's cleaning of translation pairs (d2l 10.5): non-breaking spaces become
+    spaces, letters are lower-cased, and a space goes before ``, . ! ?`` that follow a non-space.
+
+    ``"Go.\\tVa\\u202f!"`` becomes ``"go .\\tva !"``; ``"Wait..."`` becomes ``"wait . . ."``.
+    """
+    text = text.replace("\u202f", " ").replace("\xa0", " ").lower()
+    return re.sub(r"(?<=\S)([,.!?])", r" \1", text)
