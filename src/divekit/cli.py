@@ -102,6 +102,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="dataset option, e.g. -D normalize=true -D path=notes.txt (repeatable)")
     add("-M", "--model-option", type=_option, action="append", metavar="KEY=VALUE",
         help="model option, e.g. -M num_hiddens=256 -M 'widths=[32,64]' (repeatable)")
+    add("-T", "--task-option", type=_option, action="append", metavar="KEY=VALUE",
+        help="task option, e.g. -T num_beams=4 for translation (repeatable)")
     add("--data-dir", help="folder with one sub-folder per dataset (default $DIVEKIT_DATA, "
                            "then ~/.cache/divekit)")
     add("--epochs", type=_positive_int, help="passes over the training set")
@@ -333,6 +335,7 @@ def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
             values[key] = getattr(args, flag)
     values["data_options"].update(args.data_option or [])
     values["model_options"].update(args.model_option or [])
+    values["task_options"].update(args.task_option or [])
     if args.val_size is not None:
         values["val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
     if args.weights is not None:

@@ -66,6 +66,9 @@ def show_batch(
     if split not in ("train", "val", "test") or getattr(data, split) is None:
         raise DivekitError(f"dataset {data.name!r} has no split {split!r}; choose train, test"
                            + (", val" if data.val is not None else ""))
+    if len(data.input_shape) != 3:
+        raise DivekitError(f"show-batch draws images; {data.name!r} has examples of shape "
+                           f"{data.input_shape} ({data.task} data)")
     inputs, targets = getattr(data, split)
     if inputs.ndim != 4 or inputs.shape[1] not in (1, 3):
         raise DivekitError(f"show_batch needs images (N, 1 or 3, H, W); dataset {data.name!r} "

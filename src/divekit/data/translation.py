@@ -88,7 +88,7 @@ class TranslationData(DataModule):
         return self._loader(split, max(self.batch_size, 256))
 
 
-def read_pairs(path: Path, max_words: int = 0) -> list[Pair]:
+def read_pairs(path: Path, max_words: int = 0, max_pairs: int = 0) -> list[Pair]:
     """The preprocessed, whitespace-tokenized ``(english, french)`` pairs of a fra.txt file.
 
     Args:
@@ -96,15 +96,19 @@ def read_pairs(path: Path, max_words: int = 0) -> list[Pair]:
             ignored).
         max_words: keep only pairs whose English side has at most this many words, counted
             before preprocessing (0 = all).
+        max_pairs: stop after this many pairs (0 = read them all).
     """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path} as UTF-8 text: {e}") from e
     pairs = []
-    # Preprocessing never adds or removes line breaks or tabs: one pass over the whole text.
-    for number, (raw, line) in enumerate(zip(text.split("\n"), preprocess_nmt(text).split("\n"),
-                                             strict=True), 1):
+    raw_lines = text.split("\n")
+    # Preprocessing never adds or removes line breaks or tabs: one pass over the whole text,
+    # or line by line when only the first pairs are wanted.
+    cleaned = (map(preprocess_nmt, raw_lines) if max_pairs
+               else preprocess_nmt(text).split("\n"))
+    for number, (raw, line) in enumerate(zip(raw_lines, cleaned, strict=True), 1):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -116,6 +120,8 @@ def read_pairs(path: Path, max_words: int = 0) -> list[Pair]:
         english, french = parts[0].split(), parts[1].split()
         if english and french:
             pairs.append((english, french))
+        if len(pairs) == max_pairs:
+            break
     if not pairs:
         raise DataError(f"{path} holds no sentence pairs" + (
             f" of at most {max_words} English words" if max_words else ""))
@@ -260,11 +266,10 @@ def fra_eng(
         if not isinstance(value, int | float) or not 0 <= value < 1:
             raise DivekitError(f"{name} must be in [0, 1), got {value!r}")
     if num_train:
-        pairs = read_pairs(fetch_fra_eng(data_dir))
+        pairs = read_pairs(fetch_fra_eng(data_dir), max_pairs=num_train + num_val)
         if num_train + num_val > len(pairs):
             raise DivekitError(f"num_train + num_val = {num_train + num_val} pairs, but "
                                f"fra.txt has {len(pairs)}")
-        pairs = pairs[: num_train + num_val]
         splits = {"train": pairs[:num_train], "test": pairs[num_train:] or pairs[:num_train]}
         vocab_pairs = pairs
     else:

@@ -276,6 +276,10 @@ def summary_for(
         The :class:`Summary`, named after ``name``.
     """
     info = model_info(name)
+    if info.task == "translation":
+        raise DivekitError(f"summary runs models of one input; {name!r} is an encoder-decoder "
+                           "(sources, their lengths and decoder inputs): `divekit list models` "
+                           "gives its parameter count")
     shape = tuple(info.input_shape if input_shape is None else input_shape)
     if len(shape) != len(info.input_shape):
         raise DivekitError(f"{name!r} takes examples of shape {info.input_shape}, got "
