@@ -130,3 +130,20 @@ def test_book_recipes_learn_the_books_examples(name, tmp_path):
     history, _ = experiment.train(get_recipe(f"{name}-fra-eng-book").run_config(), tmp_path,
                                   progress=False)
     check_book_run(tmp_path, history)
+
+
+@pytest.mark.slow
+def test_a_small_transformer_learns_to_translate_held_out_short_sentences(tmp_path):
+    # transformer-fra-eng's recipe at a CI budget: width 128, the 3-word sentences, 3 epochs
+    # (~40 s on 2 threads). Measured: held-out BLEU 6.1, 10.9, 12.7 on validation after each
+    # epoch, 11.0 on test (seed 0); an untrained model scores ~0.
+    from divekit.recipes.translation import cpu_run
+
+    config = cpu_run("transformer-mt", 3, num_hiddens=128, num_layers=2, num_heads=4,
+                     ffn_num_hiddens=256, dropout=0.1, norm_first=True, attention_bias=True,
+                     tie_embeddings=True)
+    config.data_options = {"max_words": 3, "min_freq": 2}
+    config.batch_size = 64
+    history, test = experiment.train(config, tmp_path, progress=False)
+    assert history[0]["val_bleu"] < history[-1]["val_bleu"]
+    assert test["test_bleu"] > 8
