@@ -119,7 +119,7 @@ def test_eval_reports_bleu_equal_to_sacrebleu_of_the_decoded_test_sentences(run_
 
 def test_commands_for_images_say_what_translation_data_and_models_are(capsys, tmp_path):
     one_line_error(*cli(capsys, "show-batch", "fra-eng", "--data-dir", DATA, "-D", "num_train=8",
-                        "--out", tmp_path / "b.png")[::2], "show-batch draws images; 'fra-eng'")
+                        "--out", tmp_path / "b.png")[::2], "show_batch needs images", "'fra-eng'")
     one_line_error(*cli(capsys, "summary", "transformer-mt")[::2],
                    "'transformer-mt' is an encoder-decoder")
 

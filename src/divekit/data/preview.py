@@ -66,13 +66,10 @@ def show_batch(
     if split not in ("train", "val", "test") or getattr(data, split) is None:
         raise DivekitError(f"dataset {data.name!r} has no split {split!r}; choose train, test"
                            + (", val" if data.val is not None else ""))
-    if len(data.input_shape) != 3:
-        raise DivekitError(f"show-batch draws images; {data.name!r} has examples of shape "
-                           f"{data.input_shape} ({data.task} data)")
-    inputs, targets = getattr(data, split)
+    inputs, targets = getattr(data, split)[:2]
     if inputs.ndim != 4 or inputs.shape[1] not in (1, 3):
         raise DivekitError(f"show_batch needs images (N, 1 or 3, H, W); dataset {data.name!r} "
-                           f"has inputs of shape {tuple(inputs.shape)}")
+                           f"has inputs of shape {tuple(inputs.shape)} ({data.task} data)")
     pick = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))[:n]
     images, labels = inputs[pick].float(), targets[pick]
     if isinstance(augment, str):
