@@ -1,6 +1,6 @@
 """Run by tests/engine/test_distributed.py under torchrun: train and write the final weights.
 
-Usage: ddp_worker.py OUT_DIR PER_PROCESS_BATCH [blobs|streamed|tokens]
+Usage: ddp_worker.py OUT_DIR PER_PROCESS_BATCH [blobs|streamed|tokens|translation]
 """
 
 import sys
@@ -25,6 +25,13 @@ def main(out_dir: str, per_process_batch: int, kind: str = "blobs") -> None:
     elif kind == "streamed":  # read through a worker process per replica
         data = DataModule("blobs", Examples(*blobs(512)), Examples(*blobs(101, sample_seed=1)),
                           batch_size=per_process_batch, class_names=list("abcd"), num_workers=1)
+    elif kind == "translation":  # the book's fra-eng pairs; BLEU's statistics summed
+        data = dk.load_data("fra-eng", per_process_batch, num_train=512, num_val=129,
+                            num_steps=9)
+        model = dk.create_model("seq2seq-gru", data, embed_size=32, num_hiddens=32,
+                                dropout=0.0)
+        trainer = dk.Trainer(max_epochs=3, lr=0.01, optimizer="adam", out_dir=out_dir,
+                             progress=False)
     else:  # padded sentences: the replicas' shards hold different numbers of real tokens
         data = DataModule("tags", padded_tagging_data(), padded_tagging_data(seed=1),
                           batch_size=per_process_batch, task="unused")

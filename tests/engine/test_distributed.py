@@ -56,3 +56,27 @@ def test_token_weighted_loss_under_two_processes_equals_the_global_batch(tmp_pat
     for a, b in zip(ddp_rows, single_rows, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+@pytest.mark.skipif(not (Path(os.environ.get("DIVEKIT_DATA", "/nonexistent")) / "fra-eng"
+                         / "fra.txt").is_file(), reason="needs fra-eng/fra.txt under DIVEKIT_DATA")
+def test_bleu_under_two_processes_equals_one_process_decoding_every_sentence(tmp_path):
+    # Each replica decodes its shard of the test sentences; the sums of sacreBLEU's statistics
+    # over both must give the BLEU of all of them, as one process evaluating the same weights.
+    import divekit as dk
+    from divekit.engine.checkpoint import inference_weights
+
+    run_worker(tmp_path / "ddp", processes=2, per_process_batch=16, kind="translation")
+    last = json.loads((tmp_path / "ddp" / "metrics.json").read_text())[-1]
+    data = dk.load_data("fra-eng", 16, num_train=512, num_val=129, num_steps=9)
+    model = dk.create_model("seq2seq-gru", data, embed_size=32, num_hiddens=32, dropout=0.0)
+    state = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
+    model.load_state_dict(inference_weights(state))
+    trainer = dk.Trainer(progress=False, device="cpu")
+    task = dk.create_task("translation")
+    task.setup(data)
+    single = trainer.evaluate(model, data.test_dataloader(), task=task)
+    assert single["test_bleu"] > 0
+    assert last["test_bleu"] == pytest.approx(single["test_bleu"], abs=1e-9)
+    assert last["test_loss"] == pytest.approx(single["test_loss"], rel=1e-5)
