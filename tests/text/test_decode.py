@@ -423,3 +423,38 @@ def test_exhaustive_candidates_match_itertools_count(one_thread):
     prefixes = [sum(1 for p in itertools.product(range(6), repeat=t) if EOS not in p)
                 for t in range(4)]
     assert model.batch_sizes == prefixes
+
+
+def test_sampling_draws_from_the_models_distribution(one_thread):
+    model = choice_model()
+    n = 4000
+    src, src_len = torch.full((n, 2), 4), torch.full((n,), 2)
+    drawn = generate(model, src, src_len, bos=BOS, eos=EOS, max_new_tokens=3, do_sample=True,
+                     length_penalty=0.0, generator=torch.Generator().manual_seed(0))
+    first = torch.tensor([tokens[0] if tokens else EOS for tokens in drawn.tokens])
+    expected = {4: .5, 5: .4, EOS: .04}
+    for token, p in expected.items():  # 3 standard errors at n = 4000 are below 0.024
+        assert abs((first == token).double().mean().item() - p) < 0.025, token
+    # Scores are the model's log probabilities of what was drawn: B then <eos> is .4 * .9.
+    b_then_eos = [i for i, tokens in enumerate(drawn.tokens) if tokens == [5]]
+    assert b_then_eos and math.isclose(drawn.scores[b_then_eos[0]].item(), math.log(.4 * .9))
+    again = generate(model, src, src_len, bos=BOS, eos=EOS, max_new_tokens=3, do_sample=True,
+                     length_penalty=0.0, generator=torch.Generator().manual_seed(0))
+    assert again.tokens == drawn.tokens
+
+
+def test_sampling_from_the_top_token_or_at_a_tiny_temperature_is_greedy(one_thread):
+    for name in ("table", "gru"):
+        model = TableModel() if name == "table" else GRUSeq2Seq()
+        src, src_len = sources()
+        greedy = greedy_search(model, src, src_len, bos=BOS, eos=EOS, max_len=6)
+        for options in ({"top_k": 1}, {"temperature": 1e-4}):
+            sampled = generate(model, src, src_len, bos=BOS, eos=EOS, max_new_tokens=6,
+                               length_penalty=0.0, do_sample=True, **options)
+            assert sampled.tokens == greedy.tokens, (name, options)
+    with pytest.raises(DivekitError, match="use num_beams=1 with do_sample"):
+        generate(model, src, src_len, bos=BOS, eos=EOS, max_new_tokens=6, num_beams=2,
+                 do_sample=True)
+    with pytest.raises(DivekitError, match="temperature must be a positive number"):
+        generate(model, src, src_len, bos=BOS, eos=EOS, max_new_tokens=6, do_sample=True,
+                 temperature=0)

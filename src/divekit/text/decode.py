@@ -152,8 +152,12 @@ def greedy_search(
     max_len: int,
     length_penalty: float = 0.0,
     return_attention: bool = False,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> GenerationOutput:
-    """Decode by taking the most likely next token at every step.
+    """Decode by taking the most likely next token at every step, or by sampling it.
 
     Args:
         model: a translation model (``encode``, ``step``, ``reorder``).
@@ -165,6 +169,10 @@ def greedy_search(
             on it); 0 reports each output's log probability.
         return_attention: also return the cross-attention weights of every step, read from
             ``state["attention"]``.
+        do_sample: draw each token from the model's distribution (sharpened or flattened by
+            ``temperature``, cut to the ``top_k`` most likely tokens) instead of the argmax.
+            Scores stay the model's own log probabilities of the drawn tokens.
+        generator: the source of the draws (default: torch's global generator).
 
     Returns:
         A :class:`GenerationOutput`.
@@ -173,6 +181,10 @@ def greedy_search(
         src: ``(B, S)``; src_len: ``(B,)``; scores: ``(B,)``.
     """
     _check(src, src_len, bos, eos, max_len, length_penalty)
+    if not (isinstance(temperature, int | float) and temperature > 0):
+        raise DivekitError(f"temperature must be a positive number, got {temperature!r}")
+    if top_k is not None:
+        _positive_int(top_k, "top_k")
     batch, device = src.shape[0], src.device
     tokens_out = torch.zeros(batch, max_len, dtype=torch.long, device=device)
     steps = torch.zeros(batch, dtype=torch.long, device=device)
@@ -184,7 +196,12 @@ def greedy_search(
         tokens = torch.full((batch,), bos, dtype=torch.long, device=device)
         for t in range(max_len if batch else 0):
             logits, state = model.step(tokens, state)
-            best, tokens = _log_probs(logits, eos).max(-1)
+            log_probs = _log_probs(logits, eos)
+            if do_sample:
+                tokens = _draw(log_probs, temperature, top_k, generator)
+                best = log_probs.gather(1, tokens[:, None])[:, 0]
+            else:
+                best, tokens = log_probs.max(-1)
             log_prob[active] += best.double()
             tokens_out[active, t] = tokens
             steps[active] = t + 1
@@ -208,6 +225,16 @@ def greedy_search(
     if return_attention:
         output.attention = _per_source(attention, steps, src_len)
     return output
+
+
+def _draw(log_probs: torch.Tensor, temperature: float, top_k: int | None,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row from ``softmax(log_probs / temperature)`` over the ``top_k`` best."""
+    scores = log_probs / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
 
 
 def _per_source(attention: list[tuple[torch.Tensor, torch.Tensor]], steps: torch.Tensor,
@@ -389,8 +416,13 @@ def generate(
     max_new_tokens: int,
     num_beams: int = 1,
     length_penalty: float = 0.75,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> GenerationOutput:
-    """Translate ``src``: greedy search for ``num_beams=1``, beam search otherwise.
+    """Translate ``src``: greedy search for ``num_beams=1``, beam search otherwise, or
+    sampling with ``do_sample`` (see :func:`greedy_search`).
 
     The entry point of Hugging Face's ``generate`` for encoder-decoders, with its argument
     names; ``max_new_tokens`` counts the final ``eos``. Scores are ``sum log p / L**alpha``
@@ -410,8 +442,12 @@ def generate(
     """
     _positive_int(max_new_tokens, "max_new_tokens")
     _positive_int(num_beams, "num_beams")
+    if do_sample and num_beams > 1:
+        raise DivekitError("sampling draws one sequence per source: use num_beams=1 with "
+                           "do_sample")
     if num_beams == 1:
         return greedy_search(model, src, src_len, bos=bos, eos=eos, max_len=max_new_tokens,
-                             length_penalty=length_penalty)
+                             length_penalty=length_penalty, do_sample=do_sample,
+                             temperature=temperature, top_k=top_k, generator=generator)
     return beam_search(model, src, src_len, bos=bos, eos=eos, max_len=max_new_tokens,
                        num_beams=num_beams, length_penalty=length_penalty)
