@@ -58,20 +58,11 @@ class BucketLoader(ShuffledBatches):
         return len(self._order())
 
     def __len__(self) -> int:
-        return len(self._pools_sizes())
+        return len(self.batches())
 
     def _order(self) -> torch.Tensor:
         return epoch_order(len(self.sort_key), shuffle=self.shuffle, seed=self.seed,
                            epoch=self.epoch, rank=self.rank, world_size=self.world_size)
-
-    def _pools_sizes(self) -> list[int]:
-        n, b = self.num_examples, self.batch_size
-        pool = POOL_BATCHES * b if self.shuffle else max(n, 1)
-        sizes = []
-        for start in range(0, n, pool):
-            size = min(pool, n - start)
-            sizes += [b] * (size // b) + ([size % b] if size % b else [])
-        return sizes
 
     def batches(self) -> list[torch.Tensor]:
         """The example indices of every batch of this epoch, in the order they are served."""

@@ -66,10 +66,6 @@ class TranslationData(DataModule):
         """The sizes a translation model takes from this data."""
         return {"src_vocab_size": len(self.src_vocab), "tgt_vocab_size": len(self.tgt_vocab)}
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train[0].shape[1:])
-
     def hold_out(self, val_size: float | int, seed: int) -> None:
         raise DivekitError(f"{self.name} splits by source sentence itself (a random split of "
                            "pairs would put one sentence on both sides); set its option "
