@@ -51,7 +51,7 @@ def test_a_run_directory_config_is_read_back_as_written(tmp_path, capsys):
     ('"fast"', "got str"),
     ('{"data": "digits"}', "lacks model"),
     ('{"model": "lenet", "trainer": {"speed": 3}}', "trainer has no setting 'speed'; the "
-                                                     "settings are: max_epochs, lr"),
+                                                     "settings are: max_epochs, max_steps, lr"),
     ('{"model": "lenet", "trainer": {"lr": "fast"}}', "setting 'lr' must be a number, got 'fast'"),
     ('{"model": "lenet", "trainer": {"max_epochs": 2.5}}', "'max_epochs' must be an integer"),
     ('{"model": "lenet", "batch_size": true}', "'batch_size' must be an integer, got True"),

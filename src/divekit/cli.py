@@ -107,6 +107,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--data-dir", help="folder with one sub-folder per dataset (default $DIVEKIT_DATA, "
                            "then ~/.cache/divekit)")
     add("--epochs", type=_positive_int, help="passes over the training set")
+    add("--max-steps", type=_positive_int, help="stop after this many optimizer steps")
     add("--lr", type=_positive_float, help="(peak) learning rate")
     add("--batch-size", type=_positive_int, help="examples per batch")
     add("--optimizer", choices=OPTIMIZERS, metavar="NAME", help=f"one of {', '.join(OPTIMIZERS)}")

@@ -26,6 +26,7 @@ class TrainerSettings:
     """The Trainer's settings recorded in a run (see :class:`divekit.Trainer` for each)."""
 
     max_epochs: int = 10
+    max_steps: int | None = None
     lr: float = 0.1
     optimizer: str = "sgd"
     lr_mult: dict[str, float] | None = None

@@ -254,6 +254,30 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
         load_weights(small_cnn(), tmp_path / "w.pt", skip=["head.*"])
 
 
+def test_head_patterns_load_agreeing_heads_and_leave_the_others(tmp_path):
+    source = small_cnn()
+    state = source.state_dict()
+    state["pretrain_head.weight"] = torch.ones(3)  # a head the target model lacks
+    state["5.weight"] = torch.zeros(7, state["5.weight"].shape[1])  # another class count
+    torch.save(state, tmp_path / "w.pt")
+    target = small_cnn()
+    fresh_head = target[5].weight.detach().clone()
+    report = load_weights(target, tmp_path / "w.pt", heads=["pretrain_head.*", "5.*"])
+    assert report.skipped == ["5.weight", "pretrain_head.weight"]
+    assert torch.equal(target[5].weight, fresh_head)  # shapes disagree: left as initialised
+    assert torch.equal(target[5].bias, source[5].bias)  # agrees: loaded
+    assert torch.equal(target[0].weight, source[0].weight)
+
+
+def test_adapt_state_dict_renames_the_file_before_the_checks(tmp_path):
+    source = small_cnn()
+    torch.save({f"old.{k}": v for k, v in source.state_dict().items()}, tmp_path / "w.pt")
+    target = small_cnn()
+    target.adapt_state_dict = lambda state: {k.removeprefix("old."): v for k, v in state.items()}
+    load_weights(target, tmp_path / "w.pt")
+    assert torch.equal(target[5].weight, source[5].weight)
+
+
 class NotWeights:
     pass
 

@@ -1,5 +1,6 @@
 """Mid-epoch checkpoints, SIGTERM/SIGINT, streamed-data resume, TensorBoard and config on resume."""
 
+import csv
 import json
 import os
 import signal
@@ -123,10 +124,32 @@ def test_tensorboard_events_hold_every_epoch_metric(blob_data, tmp_path):
     _, history = run(blob_data, tmp_path, tensorboard=True, max_epochs=2, lr=0.05)
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    assert set(events.Tags()["scalars"]) == set(history.last) - {"epoch"}
+    assert set(events.Tags()["scalars"]) == set(history.last) - {"epoch"} | {"step/train_loss"}
     for key in ("train_loss", "test_acc", "lr"):
         logged = [(e.step, e.value) for e in events.Scalars(key)]
         assert logged == [(row["epoch"], pytest.approx(row[key])) for row in history]
+    assert [e.step for e in events.Scalars("step/train_loss")] == list(range(1, 33))  # 2 x 16
+
+
+def test_steps_csv_holds_every_step_and_its_mean_is_the_epoch_loss(blob_data, tmp_path):
+    _, history = run(blob_data, tmp_path, max_epochs=2, lr=0.05)
+    with open(tmp_path / "steps.csv") as f:
+        logged = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in logged] == list(range(1, 33))
+    for epoch, row in enumerate(history, start=1):
+        # 16 batches of 32 images per epoch: the epoch's loss is the mean of its steps'.
+        losses = [float(r["loss"]) for r in logged if int(r["epoch"]) == epoch]
+        assert sum(losses) / len(losses) == pytest.approx(row["train_loss"], rel=1e-5)
+
+
+def test_max_steps_stops_inside_an_epoch_and_evaluates_it(blob_data, tmp_path):
+    trainer, history = run(blob_data, tmp_path, max_epochs=5, max_steps=20, lr=0.05,
+                           schedule="cosine")
+    assert trainer.global_step == 20 and len(history) == 2  # 16 steps, then 4 of epoch 2
+    assert "test_acc" in history.last
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine end
+    with open(tmp_path / "steps.csv") as f:
+        assert len(list(csv.DictReader(f))) == 20
 
 
 def test_resuming_with_more_epochs_records_the_new_settings(blob_data, tmp_path):

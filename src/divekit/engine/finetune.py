@@ -156,6 +156,7 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
 
 def load_weights(
     model: nn.Module, path: str | Path, *, strict: bool = True, skip: Iterable[str] = (),
+    heads: Iterable[str] = (),
 ) -> LoadReport:
     """Copy weights from a file into ``model`` after checking every key and shape.
 
@@ -172,17 +173,29 @@ def load_weights(
             skipped ones; otherwise the common keys are loaded and the rest reported.
         skip: ``fnmatch`` patterns of keys to leave as they are in the model, e.g.
             ``["fc.*"]`` to load a 1000-class ImageNet network into a 10-class one.
+        heads: ``fnmatch`` patterns of task heads (a model's ``head_patterns``, e.g. BERT's
+            ``cls.*`` pretraining heads and ``classifier.*``): a matching key is loaded when
+            the file and the model both have it with one shape, and otherwise skipped (a fresh
+            head stays as initialised; a pretraining head the model lacks is dropped).
+
+    A model with an ``adapt_state_dict(state)`` method sees the file's tensors first and may
+    rename them (BERT reads Hugging Face checkpoints that way).
 
     Returns:
         A :class:`LoadReport`.
     """
     path = Path(path)
     weights = _read_state_dict(path)
+    if hasattr(model, "adapt_state_dict"):
+        weights = model.adapt_state_dict(weights)
     own = model.state_dict()
     skip = [skip] if isinstance(skip, str) else list(skip)
     skipped = set()
     for pattern in skip:
         skipped |= set(_match(pattern, sorted(set(weights) | set(own)), "key"))
+    skipped |= {key for key in set(weights) | set(own)
+                if any(fnmatchcase(key, pattern) for pattern in heads)
+                and (key not in weights or key not in own or weights[key].shape != own[key].shape)}
     weights = {k: v for k, v in weights.items() if k not in skipped}
     report = LoadReport(
         skipped=sorted(skipped),
@@ -222,7 +235,8 @@ def apply_finetune(
 
     Args:
         model: changed in place.
-        weights: file for :func:`load_weights` (strict, apart from ``skip_weights``).
+        weights: file for :func:`load_weights` (strict, apart from ``skip_weights`` and the
+            model's ``head_patterns``).
         skip_weights: key patterns not to load.
         num_classes: give the model a fresh head with this many outputs (after loading, so
             a 1000-class file loads completely first).
@@ -234,7 +248,7 @@ def apply_finetune(
         The new head's name, or ``None`` when the head was kept.
     """
     if weights is not None:
-        load_weights(model, weights, skip=skip_weights)
+        load_weights(model, weights, skip=skip_weights, heads=getattr(model, "head_patterns", ()))
     head = replace_head(model, num_classes) if num_classes is not None else None
     if freeze_patterns:
         freeze(model, freeze_patterns, bn_eval=bn_eval)

@@ -31,6 +31,26 @@ def plot_history(history: list[dict], path: Path, max_panels: int = 4) -> Path:
     return save_png(fig, path)
 
 
+def plot_steps(rows: list[dict], path: Path) -> Path:
+    """Draw the training loss and each named part of it against the optimizer step, one panel
+    each (e.g. BERT's total, masked-LM and next-sentence losses), into ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    names = [key for key in rows[0] if key not in ("step", "epoch")]
+    steps = [row["step"] for row in rows]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        axis.plot(steps, [row[name] for row in rows])
+        axis.set_xlabel("step")
+        axis.set_ylabel(f"train {name}")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
 def plot_heatmap(matrix, path: Path, *, xlabels: list[str] | None = None,
                  ylabels: list[str] | None = None, xlabel: str = "", ylabel: str = "",
                  title: str = "") -> Path:

@@ -58,6 +58,9 @@ class Trainer:
 
     Args:
         max_epochs: passes over the training set.
+        max_steps: stop after this many optimizer steps, inside an epoch if need be (that
+            epoch is then evaluated and recorded as the last); ``None``: ``max_epochs`` decides.
+            Schedules span the steps actually taken.
         lr: peak learning rate.
         optimizer: ``sgd``, ``adam``, ``adamw``, ``rmsprop``, ``adagrad``, or a callable
             ``params -> torch.optim.Optimizer``.
@@ -109,6 +112,7 @@ class Trainer:
     def __init__(
         self,
         max_epochs: int = 10,
+        max_steps: int | None = None,
         lr: float = 0.1,
         optimizer: str | Callable[[Iterable], torch.optim.Optimizer] = "sgd",
         *,
@@ -139,6 +143,8 @@ class Trainer:
         nan_check_every: int = 50,
     ) -> None:
         _check_positive_int("max_epochs", max_epochs)
+        if max_steps is not None:
+            _check_positive_int("max_steps", max_steps)
         _check_positive_int("accumulate", accumulate)
         if grad_clip is not None and not grad_clip > 0:
             raise DivekitError(f"grad_clip must be positive, got {grad_clip}")
@@ -146,6 +152,7 @@ class Trainer:
             raise DivekitError(f"mode must be 'max' or 'min' (is a larger {monitor or 'metric'} "
                                f"better?), got {mode!r}")
         self.max_epochs, self.lr, self.optimizer_spec = max_epochs, lr, optimizer
+        self.max_steps = max_steps
         self.early_stopping = early_stopping
         self.task_spec = create_task(task) if task is not None else None
         self.task: Task | None = self.task_spec
@@ -221,8 +228,10 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
         self.optimizer = self._build_optimizer()
         warmup_steps = round(self.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = build_scheduler(self.schedule, self.optimizer,
-                                         self.max_epochs * self.steps_per_epoch,
+        self.total_steps = self.max_epochs * self.steps_per_epoch
+        if self.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.max_steps)
+        self.scheduler = build_scheduler(self.schedule, self.optimizer, self.total_steps,
                                          warmup_steps=warmup_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.history, self.stop_reason = History(), None
@@ -236,7 +245,8 @@ class Trainer:
             self.load_state_dict(self._checkpoint(resume))
         with Signals(self) as self._signals:
             try:
-                while self.epoch < self.max_epochs and self.stop_reason is None:
+                while (self.epoch < self.max_epochs and self.global_step < self.total_steps
+                       and self.stop_reason is None):
                     metrics = self._train_epoch()
                     metrics.update(self.evaluate(self.eval_model, eval_loader,
                                                  prefix=self.eval_split))
@@ -345,11 +355,17 @@ class Trainer:
             group = [to_device(batch, self.device, self.channels_last) for batch in group]
             counts = [self.task.count(batch) for batch in group]
             total = self._total(counts)
+            step_losses: dict[str, torch.Tensor] = {}
             for batch, count in zip(group, counts, strict=True):
                 with autocast(self.device, self.amp):
                     output = self.task.step(self.forward, batch)
                 self._meters.add(output, batch, count)
                 self.scaler.scale(output.loss * self._weight(count, total, output)).backward()
+                for name, value in {"loss": output.loss, **output.parts}.items():
+                    share = value.detach().float() * (count / sum(counts))
+                    step_losses[name] = step_losses.get(name, 0) + share
+            # This process's mean loss (and parts) of the step, for the per-step log.
+            self.step_losses = step_losses
             if self.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -364,6 +380,8 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_step_end(self)
             self._signals.check(save=True)
+            if self.global_step >= self.total_steps:
+                break
         self._check_finite()
         seconds = time.perf_counter() - start
         metrics = self._computed(self._meters, "train")
