@@ -71,8 +71,18 @@ def small_example(name):
         options["num_classes"] = 10  # the vocabulary size
     if info.task == "translation":
         options |= {"src_vocab_size": 10, "tgt_vocab_size": 9}
+    bert = info.family == "bert"
+    if bert:  # a 2-layer, 32-wide encoder of any size's kind over a 10-token vocabulary
+        options |= {"vocab_size": 10, "num_layers": 2, "num_hiddens": 32, "num_heads": 2,
+                    "ffn_num_hiddens": 48}
     torch.manual_seed(0)
     model = dk.create_model(name, **options)
+    if bert:  # (tokens, segments, valid_len); pretraining: MLM logits at every position
+        inputs = (torch.randint(0, 10, (3, 7)), torch.randint(0, 2, (3, 7)),
+                  torch.tensor([7, 4, 2]))
+        return model, inputs, {"bert-pretraining": (3, 7, 10), "text-classification": (3, 2),
+                               "token-classification": (3, 7, 2),
+                               "question-answering": (3, 7, 2)}[info.task]
     if info.task == "language-model":
         return model, torch.randint(0, 10, (3, 7)), (3, 7, 10)
     if info.task == "translation":  # (src, src_len, tgt_in) -> next-token logits
@@ -90,9 +100,13 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     # 7-token sequences over a 10-token vocabulary.
     model, x, expected_shape = small_example(name)
     out = model(*x) if isinstance(x, tuple) else model(x)
+    extra = []
+    if isinstance(out, tuple):  # BERT pretraining: MLM logits, then NSP logits (B, 2)
+        out, *extra = out
+        assert [e.shape for e in extra] == [(3, 2)]
     assert out.shape == expected_shape
     assert torch.isfinite(out).all()
-    out.square().mean().backward()
+    sum(o.square().mean() for o in [out, *extra]).backward()
     for parameter_name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
 

@@ -1,9 +1,13 @@
 """Datasets, loaders and downloads. Importing this package registers every dataset."""
 
 from divekit.data import (  # noqa: F401  (registration)
+    bert,
     cifar,
     folder,
+    glue,
+    squad,
     synthetic,
+    tagging,
     text,
     translation,
     vision,

@@ -8,7 +8,7 @@ TensorLoader` stores images; a batch is still one gather. Shuffling follows the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -35,13 +35,17 @@ class BucketLoader(ShuffledBatches):
         shuffle: a new order every epoch.
         seed: base seed of the shuffle.
         device: move the tensors there once, up front.
+        transform: called as ``transform(*batch)`` on every trimmed batch tuple; what it returns
+            (a tuple) is served instead, e.g. BERT's masking drawn afresh for every batch.
+            Batches skipped on resume are not transformed.
     """
 
     drop_last = False
 
     def __init__(self, tensors: Sequence[torch.Tensor], *, sort_key: torch.Tensor,
                  trim: Sequence[torch.Tensor | None], batch_size: int, shuffle: bool = False,
-                 seed: int = 0, device: torch.device | str | None = None) -> None:
+                 seed: int = 0, device: torch.device | str | None = None,
+                 transform: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> None:
         if len(trim) != len(tensors):
             raise DivekitError(f"trim needs one entry per tensor ({len(tensors)}), got {len(trim)}")
         if {len(t) for t in tensors} | {len(sort_key)} != {len(sort_key)}:
@@ -52,6 +56,7 @@ class BucketLoader(ShuffledBatches):
         self.sort_key = sort_key.cpu()
         self.trim = tuple(None if lengths is None else lengths.cpu() for lengths in trim)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.transform = transform
 
     @property
     def num_examples(self) -> int:
@@ -84,8 +89,9 @@ class BucketLoader(ShuffledBatches):
             columns = [None if lengths is None else int(lengths[index].max())
                        for lengths in self.trim]
             index = index.to(device)
-            yield tuple(t[index] if width is None else t[index, :width]
-                        for t, width in zip(self.tensors, columns, strict=True))
+            batch = tuple(t[index] if width is None else t[index, :width]
+                          for t, width in zip(self.tensors, columns, strict=True))
+            yield batch if self.transform is None else tuple(self.transform(*batch))
 
     def padding_fraction(self) -> float:
         """Share of the trimmed sequences' positions that are padding, over this epoch."""

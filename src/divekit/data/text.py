@@ -269,22 +269,31 @@ def wikitext2(data_dir: str | None = None, num_steps: int = 35) -> TextDataModul
         num_steps: tokens per window.
     """
     _check_positive("num_steps", num_steps)
+    splits = {split: _wikitext_tokens(path) for split, path in wikitext2_files(data_dir).items()}
+    return build_language_model("wikitext-2", splits, num_steps, reserved_tokens=("<eos>",))
+
+
+def wikitext2_files(data_dir: str | None = None) -> dict[str, Path]:
+    """The WikiText-2 file of each split: ``train.txt``/``valid.txt``/``test.txt`` when the
+    training file is there, else ``valid.txt`` trains and ``test.txt`` tests (no validation
+    split).
+
+    Raises:
+        DataError: naming the missing files and where to get them.
+    """
     root = data_root(data_dir) / "wikitext-2"
     missing = [name for name in ("valid.txt", "test.txt") if not (root / name).is_file()]
     if missing:
         raise DataError(
             f"wikitext-2 files missing in {root}: {', '.join(missing)}. Take wiki.valid.tokens "
             f"and wiki.test.tokens from {WIKITEXT2_URL} and save them in that folder as "
-            "valid.txt and test.txt (optionally wiki.train.tokens as train.txt), or point "
-            "--data-dir / DIVEKIT_DATA at a folder that has a 'wikitext-2' sub-folder."
+            "valid.txt and test.txt (optionally wiki.train.tokens, the book's training file, as "
+            "train.txt), or point --data-dir / DIVEKIT_DATA at a folder that has a "
+            "'wikitext-2' sub-folder."
         )
-    splits = {"test": _wikitext_tokens(root / "test.txt")}
     if (root / "train.txt").is_file():
-        splits |= {"train": _wikitext_tokens(root / "train.txt"),
-                   "val": _wikitext_tokens(root / "valid.txt")}
-    else:
-        splits["train"] = _wikitext_tokens(root / "valid.txt")
-    return build_language_model("wikitext-2", splits, num_steps, reserved_tokens=("<eos>",))
+        return {"train": root / "train.txt", "val": root / "valid.txt", "test": root / "test.txt"}
+    return {"train": root / "valid.txt", "test": root / "test.txt"}
 
 
 @register_dataset("text-file", section=SECTION)

@@ -2,6 +2,7 @@
 
 from divekit.models import (  # noqa: F401  (registration)
     alexnet,
+    bert,
     densenet,
     googlenet,
     lenet,

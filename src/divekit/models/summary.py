@@ -292,7 +292,9 @@ def summary_for(
                 model_options.setdefault(key, value)
     with torch.device("meta"):
         model = create_model(name, **model_options)
-    dtype = torch.long if info.task == "language-model" else None
+    token_tasks = ("language-model", "bert-pretraining", "text-classification",
+                   "token-classification", "question-answering")
+    dtype = torch.long if info.task in token_tasks else None
     try:
         return summarize(model, (batch_size, *shape), depth=depth, dtype=dtype, name=name)
     except DivekitError as error:
