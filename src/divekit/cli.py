@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -129,8 +130,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "the metric's own direction)")
     add("--augment", metavar="SPEC", help="augment training batches, e.g. "
         "'flip,crop=0.5,jitter=0.4,erase,mixup=0.2' (see `divekit show-batch --help`)")
-    add("--weights", metavar="FILE", help="start from these weights (.safetensors, a state dict "
-        "or a divekit checkpoint); fine-tuning")
+    add("--weights", metavar="FILE_OR_RUN", help="start from these weights (.safetensors, a "
+        "state dict, a divekit checkpoint, or a run folder: its best checkpoint, tokenizer and "
+        "model size); fine-tuning")
     add("--skip-weights", action="append", metavar="PATTERN",
         help="parameter names not to load from --weights, e.g. 'fc.*' (repeatable)")
     add("--freeze", action="append", metavar="PATTERN",
@@ -198,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--checkpoint", choices=["best", "last"], default="best")
     generate.add_argument("--data-dir")
 
+    encode = commands.add_parser(
+        "bert-encode", help="show BERT's context-dependent token vectors (d2l 15.8)",
+        description="Encode texts with the BERT model of a run and compare the vectors of the "
+                    "<cls> token and of every word the texts share, by cosine similarity: the "
+                    "same word gets a different vector in each context. A text may be a "
+                    "sentence pair written 'first ||| second'.")
+    encode.add_argument("run_dir", type=Path)
+    encode.add_argument("texts", nargs="+", metavar="TEXT")
+    encode.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    encode.add_argument("--data-dir")
+    encode.add_argument("--device", default="auto")
     translate = commands.add_parser(
         "translate", help="translate sentences with a trained encoder-decoder",
         description="Translate sentences with a translation run's checkpoint (greedy, or beam "
@@ -286,6 +299,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "translate":
         return _translate(args)
+    if args.command == "bert-encode":
+        return _bert_encode(args)
     if args.command == "summary":
         options = dict(args.model_option or [])
         if args.num_classes is not None:
@@ -339,7 +354,7 @@ def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     values["task_options"].update(args.task_option or [])
     if args.val_size is not None:
         values["val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
-    if args.weights is not None:
+    if args.weights is not None and not Path(args.weights).is_dir():
         values["finetune"]["weights"] = str(Path(args.weights).resolve())
     for key in ("skip_weights", "freeze"):
         if getattr(args, key) is not None:
@@ -350,7 +365,10 @@ def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
             values["trainer"][setting] = dict(value) if setting == "lr_mult" else value
     if args.label_smoothing is not None:
         values["task_options"]["label_smoothing"] = args.label_smoothing
-    return RunConfig.from_dict(values, source="the command line")
+    config = RunConfig.from_dict(values, source="the command line")
+    if args.weights is not None and Path(args.weights).is_dir():
+        config = experiment.start_from_run(config, Path(args.weights))
+    return config
 
 
 def _train(config: RunConfig, args: argparse.Namespace, resume: bool = False,
@@ -384,6 +402,24 @@ def _run_scripted(recipe, args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for key, value in results.items():
         print(f"{key}: {_rounded(value)}")
+    return 0
+
+
+def _bert_encode(args: argparse.Namespace) -> int:
+    import torch.nn.functional as F
+
+    results = experiment.bert_encode(args.run_dir, args.texts, args.checkpoint, args.data_dir,
+                                     args.device)
+    for number, result in enumerate(results, start=1):
+        print(f"{number}: {' '.join(result.tokens)}  ({len(result.tokens)} tokens, "
+              f"{result.features.shape[1]} features each)")
+    for i, j in itertools.combinations(range(len(results)), 2):
+        a, b = results[i], results[j]
+        shared = [token for token in dict.fromkeys(a.tokens) if token in b.tokens]
+        for token in shared:  # the first occurrence in each text; <cls> first
+            similarity = F.cosine_similarity(a.features[a.tokens.index(token)],
+                                             b.features[b.tokens.index(token)], dim=0)
+            print(f"{token!r} in {i + 1} and {j + 1}: cosine similarity {similarity:.4f}")
     return 0
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from divekit.config import RunConfig
-from divekit.data import DataModule, load_data, parse_augment
+from divekit.data import DATASETS, DataModule, load_data, parse_augment
 from divekit.engine import History, Trainer, create_task, load_checkpoint, seed_everything
 from divekit.engine.checkpoint import inference_weights, write_atomically
 from divekit.engine.finetune import apply_finetune
@@ -69,11 +70,45 @@ def train(config: RunConfig, out_dir: Path, *, resume: bool = False,
     trainer = trainer_for(config, out_dir=out_dir, progress=progress)
     data, model = build(config, data_dir, pretrained=not resume)
     data.device = trainer.device
+    if trainer.rank == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        data.save_artifacts(Path(out_dir))
     history = trainer.fit(model, data, resume=resume)
     test = trainer.evaluate(model, data.test_dataloader(), prefix="test")
     if trainer.rank == 0:
         write_atomically(out_dir / "test_metrics.json", json.dumps(test, indent=2) + "\n")
     return history, test
+
+
+def start_from_run(config: RunConfig, run_dir: Path) -> RunConfig:
+    """``config`` set to start from the best weights of the run in ``run_dir`` (fine-tuning a
+    pretrained model): its ``checkpoints/best.pt``, its tokenizer (``tokenizer.json``) for data
+    that takes one, and, for a model of the same family, its architecture options (for BERT,
+    the size of a ``bert-small``/``bert-base``/``bert-large`` run). Options ``config`` already
+    sets are kept."""
+    run_dir = Path(run_dir)
+    weights = run_dir / "checkpoints" / "best.pt"
+    if not weights.is_file():
+        raise DivekitError(f"{run_dir} is a folder but not a run with a best checkpoint "
+                           f"({weights} is missing): give a run folder or a weights file")
+    source = RunConfig.read(run_dir)
+    config = dataclasses.replace(config, finetune=dataclasses.replace(
+        config.finetune, weights=str(weights.resolve())))
+    tokenizer = run_dir / "tokenizer.json"
+    build_options = inspect.signature(DATASETS[config.data].build).parameters if config.data \
+        else {}
+    if tokenizer.is_file() and "tokenizer" in build_options:
+        config.data_options.setdefault("tokenizer", str(tokenizer.resolve()))
+    target, origin = model_info(config.model), model_info(source.model)
+    if target.family == origin.family:
+        accepted = target.options()
+        for key, value in source.model_options.items():
+            if key in accepted and key != "vocab_size":
+                config.model_options.setdefault(key, value)
+        size = source.model.removeprefix(f"{origin.family}-")
+        if "size" in accepted and size != source.model:
+            config.model_options.setdefault("size", size)
+    return config
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = None,
@@ -127,6 +162,39 @@ def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str =
     level = config.data_options.get("level", "word" if config.data == "wikitext-2" else "char")
     return generate(model, data.vocab, prefix, num_tokens, level=level,
                     generator=torch.Generator().manual_seed(seed), **sampling)
+
+
+@dataclass
+class Encoding:
+    """One text as a BERT model reads it: its tokens (with ``<cls>``/``<sep>``) and the
+    encoder's feature vector of each, ``(tokens, hidden)``."""
+
+    tokens: list[str]
+    features: torch.Tensor
+
+
+def bert_encode(run_dir: Path, texts: list[str], checkpoint: str = "best",
+                data_dir: str | None = None, device: str = "auto") -> list[Encoding]:
+    """The per-token features of each text (a sentence, or a pair written ``first ||| second``)
+    from the BERT encoder of a run directory (d2l 15.8: the same word gets a different vector
+    in each context)."""
+    config = RunConfig.read(run_dir)
+    if model_info(config.model).family != "bert":
+        raise DivekitError(f"{run_dir} trained {config.model!r}, which is not a BERT model")
+    trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
+    model = trainer._prepare(model).eval()
+    results = []
+    for text in texts:
+        first, _, second = (part.strip() for part in text.partition("|||"))
+        if not first:
+            raise DivekitError(f"nothing to encode in {text!r}")
+        encoded = data.tokenizer.encode(first, second or None, max_len=data.max_len)
+        inputs = [torch.tensor([values], device=trainer.device)
+                  for values in (encoded.ids, encoded.segments, [len(encoded.ids)])]
+        with torch.no_grad():
+            features = model.encode(*inputs)[0].float().cpu()
+        results.append(Encoding(data.tokenizer.to_tokens(encoded.ids), features))
+    return results
 
 
 @dataclass

@@ -326,3 +326,34 @@ def test_bad_options_and_missing_files(small_root, tmp_path):
         wikitext2_bert(data_dir=str(small_root), max_len=4)
     with pytest.raises(DivekitError, match="tokenizer.json"):
         wikitext2_bert(data_dir=str(small_root), tokenizer=str(tmp_path / "nothing"))
+
+
+@pytest.mark.slow
+def test_extra_pretraining_text_comes_only_from_training_sides():
+    import json
+
+    from divekit.data.bert import fra_eng_sentences, squad_paragraphs
+    from divekit.data.squad import split_articles
+    from divekit.data.translation import read_pairs, split_by_source
+
+    root = real_data_dir("squad-v1.1")
+    real_data_dir("fra-eng")
+    passages = squad_paragraphs(str(root))
+    articles = json.loads((root / "squad-v1.1" / "dev-v1.1.json").read_text())["data"]
+    _, held_out = split_articles(articles, 0.2, 0)
+    held_text = {" ".join(p["context"].lower().split()) for a in held_out
+                 for p in a["paragraphs"]}
+    assert len(passages) > 1000
+    for paragraph in passages[:200] + passages[-200:]:
+        joined = "".join(" ".join(paragraph).split())
+        assert all(joined != "".join(text.split()) for text in held_text)
+    sentences = fra_eng_sentences(str(root))
+    splits = split_by_source(read_pairs(root / "fra-eng" / "fra.txt", 10), 0.05, 0.05, 0)
+    evaluated = {tuple(english) for split in ("val", "test") for english, _ in splits[split]}
+    assert len(sentences) == len(set(map(tuple, sentences))) > 90_000
+    assert not evaluated & set(map(tuple, sentences))
+    data = load_data("wikitext-2-bert", 64, data_dir=str(root), squad_passages=True,
+                     fra_eng=True, tokenizer="wordpiece")
+    nsp = data.train[4]
+    assert int((nsp == -100).sum()) == len(sentences)  # single sentences: masked LM only
+    assert int((nsp != -100).sum()) > 6216 + 7000  # WikiText's pairs and SQuAD's

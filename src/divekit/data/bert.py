@@ -20,6 +20,7 @@ token id; valid_len and nsp_labels ``(B,)`` int64, ``nsp_labels`` 1 when B truly
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from divekit.data.buckets import BucketLoader
+from divekit.data.paths import data_root
 from divekit.data.registry import DataModule, Split, register_dataset
 from divekit.data.text import wikitext2_files
 from divekit.errors import DataError, DivekitError
@@ -61,6 +63,32 @@ def read_paragraphs(path: str | os.PathLike) -> list[list[str]]:
         sentences = [s for s in line.strip().lower().split(" . ") if s.strip()]
         if len(sentences) >= 2:
             paragraphs.append(sentences)
+    return paragraphs
+
+
+def squad_paragraphs(data_dir: str | None = None) -> list[list[str]]:
+    """The paragraphs of the SQuAD articles the ``squad`` dataset trains on (with its default
+    split of the dev file: never the held-out articles), lower case, as lists of sentences
+    (cut after ``.``, ``!`` or ``?``), punctuation spaced as in WikiText: unlabelled English
+    text to pretrain on."""
+    from divekit.data.squad import DEV_FILE, TRAIN_FILE, read_squad, split_articles
+
+    root = data_root(data_dir) / "squad-v1.1"
+    if (root / TRAIN_FILE).is_file():
+        articles = read_squad(root / TRAIN_FILE)
+    elif (root / DEV_FILE).is_file():
+        articles, _ = split_articles(read_squad(root / DEV_FILE), 0.2, 0)
+    else:
+        raise DataError(f"squad_passages needs the SQuAD v1.1 files in {root} ({DEV_FILE}); "
+                        "see `divekit list datasets` for squad, or leave squad_passages off")
+    paragraphs = []
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            text = re.sub(r'([.,!?;:()"])', r" \1 ", paragraph["context"].lower())
+            sentences = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+            sentences = [s for s in sentences if s]
+            if len(sentences) >= 2:
+                paragraphs.append(sentences)
     return paragraphs
 
 
@@ -255,16 +283,37 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer: BertTokenizer, max_len: int
     return (tokens, segments, valid_len, mlm_labels, nsp_labels), sum(e.truncated for e in encoded)
 
 
-def _resolve_tokenizer(tokenizer: str | os.PathLike, train_file: Path,
-                       train_paragraphs: list[list[str]], min_freq: int,
-                       vocab_size: int) -> BertTokenizer:
+def encode_sentences(sentences: Sequence[list[str]], tokenizer: BertTokenizer, max_len: int
+                     ) -> tuple[torch.Tensor, ...]:
+    """``<cls> a <sep>`` of single sentences (masked-LM examples only), in the layout of
+    :func:`encode_pairs`, with next-sentence labels of -100: no loss or accuracy reads them."""
+    encoded = tokenizer.encode_batch(list(sentences), max_len=max_len, is_pretokenized=True)
+    pad = tokenizer.pad_id
+    tokens = torch.tensor([e.ids + [pad] * (max_len - len(e.ids)) for e in encoded],
+                          dtype=torch.long)
+    valid_len = torch.tensor([len(e.ids) for e in encoded], dtype=torch.long)
+    return (tokens, torch.zeros_like(tokens), valid_len, torch.full_like(tokens, IGNORE_INDEX),
+            torch.full_like(valid_len, IGNORE_INDEX))
+
+
+def fra_eng_sentences(data_dir: str | None = None) -> list[list[str]]:
+    """The distinct English sentences of the ``fra-eng`` dataset's training split (its default
+    split: never its validation or test sentences), as words: unlabelled English text."""
+    from divekit.data.translation import fetch_fra_eng, read_pairs, split_by_source
+
+    splits = split_by_source(read_pairs(fetch_fra_eng(data_dir), 10), 0.05, 0.05, 0)
+    return [list(words) for words in dict.fromkeys(tuple(english)
+                                                   for english, _ in splits["train"])]
+
+
+def _resolve_tokenizer(tokenizer: str | os.PathLike, train_paragraphs: list[list[str]],
+                       min_freq: int, vocab_size: int) -> BertTokenizer:
     if tokenizer == "word":
         return BertTokenizer.word_level(
             [sentence.split() for paragraph in train_paragraphs for sentence in paragraph],
             min_freq=min_freq)
     if tokenizer == "wordpiece":
-        lines = [line for line in train_file.read_text(encoding="utf-8").split("\n")
-                 if line.strip()]
+        lines = [" ".join(paragraph) for paragraph in train_paragraphs]
         return BertTokenizer.train_wordpiece(lines, vocab_size=vocab_size)
     if not isinstance(tokenizer, str | os.PathLike):
         raise DivekitError(f"option tokenizer must be 'word', 'wordpiece' or a path, got "
@@ -290,6 +339,8 @@ def wikitext2_bert(
     vocab_size: int = 8000,
     static_masking: bool = False,
     data_seed: int = 0,
+    squad_passages: bool = False,
+    fra_eng: bool = False,
 ) -> BertPretrainData:
     """WikiText-2 as BERT pretraining pairs (next sentence + masked tokens), max_len 64.
 
@@ -306,13 +357,18 @@ def wikitext2_bert(
         min_freq: for ``tokenizer="word"``: rarer words of the training split become
             ``<unk>`` (the book's 5).
         tokenizer: ``"word"`` (the course's word-level vocabulary of the training split),
-            ``"wordpiece"`` (trained on the training file's text), or a path
+            ``"wordpiece"`` (trained on the training paragraphs), or a path
             :meth:`BertTokenizer.load` reads (``tokenizer.json``, ``vocab.txt``, a folder).
         vocab_size: for ``tokenizer="wordpiece"``: pieces to learn.
         static_masking: mask the training split once at build time, as the book does; by
             default every training batch is masked afresh.
         data_seed: seeds the next-sentence pairs and the fixed masking of the evaluation
             splits (named so as not to clash with the training seed of ``load_data``).
+        squad_passages: also train on the paragraphs of SQuAD's training articles
+            (:func:`squad_paragraphs`; about as much text again as ``valid.txt``).
+        fra_eng: also train the masked LM on the English sentences of fra-eng's training
+            split (:func:`fra_eng_sentences`: 98,607 short sentences, no next-sentence
+            label).
     """
     _check_options(max_len, min_freq, vocab_size, static_masking, data_seed)
     files = wikitext2_files(data_dir)
@@ -321,8 +377,11 @@ def wikitext2_bert(
         if not found:
             raise DataError(f"{files[split]} has no line of two or more sentences (' . ' "
                             "between them): is it a WikiText file?")
-    tok = _resolve_tokenizer(tokenizer, files["train"], paragraphs["train"], min_freq,
-                             vocab_size)
+    if squad_passages:
+        paragraphs["train"] = paragraphs["train"] + squad_paragraphs(data_dir)
+    singles = fra_eng_sentences(data_dir) if fra_eng else []
+    text = paragraphs["train"] + [[" ".join(words)] for words in singles]
+    tok = _resolve_tokenizer(tokenizer, text, min_freq, vocab_size)
     generator = torch.Generator().manual_seed(data_seed)
     tensors, truncated = {}, {}
     for split in files:  # train first, then the others: one generator, a fixed order
@@ -334,6 +393,10 @@ def wikitext2_bert(
             warnings.warn(f"wikitext-2-bert, {split} split: {truncated[split]} of {len(pairs)} "
                           f"pairs were longer than max_len={max_len} tokens and were truncated",
                           stacklevel=2)
+    if singles:
+        extra = encode_sentences(singles, tok, max_len)
+        tensors["train"] = tuple(torch.cat(parts) for parts in zip(tensors["train"], extra,
+                                                                    strict=True))
     data = BertPretrainData("wikitext-2-bert", train=tensors["train"], test=tensors["test"],
                             val=tensors.get("val"), task="bert-pretraining", tokenizer=tok,
                             max_len=max_len, static_masking=static_masking,

@@ -121,6 +121,14 @@ class DataModule:
         vocabulary sizes of a translation model): see :func:`~divekit.models.create_model`."""
         return {}
 
+    def save_artifacts(self, folder: Path) -> None:
+        """Write what a run needs besides its weights to use the model later: the data's
+        tokenizer (``tokenizer.json``) when it has one, so that ``--weights RUN`` fine-tunes on
+        the same word pieces."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save(Path(folder) / "tokenizer.json")
+
     def hold_out(self, val_size: float | int, seed: int) -> None:
         """Move ``val_size`` training examples (a count, or a fraction in (0, 1)), chosen by
         ``seed``, into a new validation split."""

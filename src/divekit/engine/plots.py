@@ -39,11 +39,12 @@ def plot_steps(rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    names = [key for key in rows[0] if key not in ("step", "epoch")]
-    steps = [row["step"] for row in rows]
+    names = [key for key in dict.fromkeys(key for row in rows for key in row)
+             if key not in ("step", "epoch")]
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
-        axis.plot(steps, [row[name] for row in rows])
+        logged = [row for row in rows if name in row]  # a part may be absent from some steps
+        axis.plot([row["step"] for row in logged], [row[name] for row in logged])
         axis.set_xlabel("step")
         axis.set_ylabel(f"train {name}")
         axis.grid(alpha=0.3)

@@ -74,7 +74,7 @@ class RunFolder(Callback):
         rows = self._rows()
         if not rows:
             return
-        keys = list(rows[0])
+        keys = list(dict.fromkeys(key for row in rows for key in row))  # parts may come later
         tmp = self.out_dir / f".steps.csv.{os.getpid()}.tmp"
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -98,7 +98,7 @@ class RunFolder(Callback):
         # Drawn once per fit, also when it stops early or fails: a plot costs ~0.5 s.
         if trainer.rank == 0 and trainer.history:
             plot_history(trainer.history, self.out_dir / "curves.png")
-        if trainer.rank == 0 and self.steps and len(self.steps[0]) > 3:  # the loss has parts
+        if trainer.rank == 0 and any(len(row) > 3 for row in self.steps):  # the loss has parts
             plot_steps(self._rows(), self.out_dir / "steps.png")
 
 

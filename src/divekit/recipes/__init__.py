@@ -73,6 +73,7 @@ def get_recipe(name: str) -> Recipe:
 
 from divekit.recipes import (  # noqa: E402, F401  (registration)
     attention,
+    bert,
     classic,
     finetune,
     language,

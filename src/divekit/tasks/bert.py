@@ -84,7 +84,8 @@ class BertPretraining(Task):
     """Masked language modelling plus next-sentence prediction (Devlin et al. 2019).
 
     Metrics: ``mlm_acc`` (masked tokens predicted right), ``nsp_acc``; the loss's parts ``mlm``
-    and ``nsp``. A batch counts its sentence pairs.
+    and ``nsp``. A batch counts its examples. Single sentences (next-sentence label -100) train
+    the masked LM only.
     """
 
     monitor = "loss"
@@ -104,9 +105,16 @@ class BertPretraining(Task):
         mlm_logits, nsp_logits = model(tokens, segments, valid_len, predict)
         targets = mlm_labels[predict]
         mlm = F.cross_entropy(mlm_logits.float(), targets)
-        nsp = F.cross_entropy(nsp_logits.float(), nsp_labels)
-        outputs = (mlm_logits.argmax(-1), targets, nsp_logits.argmax(-1), nsp_labels)
-        return Output(mlm + nsp, outputs, {"mlm": mlm.detach(), "nsp": nsp.detach()})
+        # Single sentences (masked-LM text without a next sentence) have the label -100.
+        paired = nsp_labels != IGNORE
+        nsp = F.cross_entropy(nsp_logits.float(), nsp_labels, ignore_index=IGNORE,
+                              reduction="sum") / paired.sum().clamp(min=1)
+        outputs = (mlm_logits.argmax(-1), targets, nsp_logits.argmax(-1)[paired],
+                   nsp_labels[paired])
+        parts = {"mlm": mlm.detach()}
+        if paired.any():  # a batch of single sentences has no next-sentence loss to average
+            parts["nsp"] = nsp.detach()
+        return Output(mlm + nsp, outputs, parts)
 
     def metrics(self, split: str) -> dict[str, Any]:
         return {"mlm_acc": Accuracy(), "nsp_acc": Accuracy()}
