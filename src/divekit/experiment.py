@@ -189,8 +189,9 @@ def bert_encode(run_dir: Path, texts: list[str], checkpoint: str = "best",
         if not first:
             raise DivekitError(f"nothing to encode in {text!r}")
         encoded = data.tokenizer.encode(first, second or None, max_len=data.max_len)
-        inputs = [torch.tensor([values], device=trainer.device)
-                  for values in (encoded.ids, encoded.segments, [len(encoded.ids)])]
+        inputs = (torch.tensor([encoded.ids], device=trainer.device),
+                  torch.tensor([encoded.segments], device=trainer.device),
+                  torch.tensor([len(encoded.ids)], device=trainer.device))
         with torch.no_grad():
             features = model.encode(*inputs)[0].float().cpu()
         results.append(Encoding(data.tokenizer.to_tokens(encoded.ids), features))

@@ -295,15 +295,16 @@ def test_tied_embedding_gets_the_gradients_of_both_uses():
     torch.testing.assert_close(tied.grad, from_input + from_output)
 
 
-def test_initialisation_is_berts():
+@pytest.mark.parametrize(("width", "std"), [(768, 0.02), (128, 0.02 * 6 ** 0.5)])
+def test_initialisation_is_berts_scaled_up_for_narrow_models(width, std):
     torch.manual_seed(0)
-    model = BertForPreTraining(vocab_size=2000, num_layers=2, num_hiddens=128, num_heads=2,
+    model = BertForPreTraining(vocab_size=2000, num_layers=2, num_hiddens=width, num_heads=2,
                                ffn_num_hiddens=256)
     layer = model.bert.encoder.layer[0]
     for weight in (layer.self_attn.in_proj_weight, layer.linear1.weight,
                    model.bert.embeddings.word_embeddings.weight, model.bert.pooler.dense.weight,
                    model.cls.predictions.transform.dense.weight):
-        assert abs(weight.std().item() - 0.02) < 0.002 and abs(weight.mean().item()) < 0.002
+        assert abs(weight.std().item() - std) < 0.1 * std and abs(weight.mean().item()) < 0.002
     for bias in (layer.self_attn.in_proj_bias, layer.linear2.bias, model.bert.pooler.dense.bias,
                  model.cls.predictions.decoder.bias):
         assert not bias.any()

@@ -17,13 +17,18 @@ from tests.conftest import real_data_dir
 pytestmark = pytest.mark.slow
 
 
+STEPS = 250
+
+
 @pytest.fixture(scope="module")
 def pretrain_run(tmp_path_factory):
-    """The book's recipe at a quarter of its batch for 60 steps (one epoch of valid.txt)."""
-    config = get_recipe("bert-pretrain-wikitext-book").run_config()
-    config.batch_size = 128
+    """The CPU pretraining recipe with the book's word vocabulary for 250 steps of 128 pairs
+    (five passes over valid.txt). The book's own 50 steps at Adam 0.01 only learn the word
+    frequencies (their masked-word accuracy is that of always guessing "the")."""
+    config = get_recipe("bert-pretrain-wikitext").run_config()
+    config.data_options["tokenizer"] = "word"
     config.data_dir = str(real_data_dir("wikitext-2"))
-    config.trainer = dataclasses.replace(config.trainer, max_steps=48)
+    config.trainer = dataclasses.replace(config.trainer, max_steps=STEPS, warmup_epochs=0.5)
     out = tmp_path_factory.mktemp("bert-pretrain")
     _, test = experiment.train(config, out, progress=False)
     return out, test
@@ -35,14 +40,14 @@ def test_pretraining_beats_guessing_the_commonest_masked_word(pretrain_run):
     labels = torch.cat([batch[3][batch[3] != -100] for batch in data.test_dataloader()])
     commonest = collections.Counter(labels.tolist()).most_common(1)[0][1] / len(labels)
     assert test["test_mlm_acc"] > commonest + 0.03, (test, commonest)
-    assert test["test_mlm"] < 6.5  # from ln(4,211) = 8.3 at the start
+    assert test["test_mlm"] < 6.2  # from ln(4,211) = 8.3 at the start
 
 
 def test_the_two_losses_are_logged_per_step(pretrain_run):
     run_dir, _ = pretrain_run
     rows = (run_dir / "steps.csv").read_text().splitlines()
     assert rows[0].split(",") == ["step", "epoch", "loss", "mlm", "nsp"]
-    assert len(rows) == 1 + 48
+    assert len(rows) == 1 + STEPS
     first, last = (dict(zip(rows[0].split(","), map(float, row.split(",")), strict=True))
                    for row in (rows[1], rows[-1]))
     assert first["loss"] == pytest.approx(first["mlm"] + first["nsp"], rel=1e-5)
@@ -92,3 +97,102 @@ def run_finetune(name, tmp_path, data, **trainer):
     config.data_dir = str(real_data_dir(data))
     config.trainer = dataclasses.replace(config.trainer, **trainer)
     return experiment.train(config, tmp_path, progress=False)
+
+
+def test_a_sentence_pair_task_trains_from_the_command_line(tmp_path, capsys):
+    # SNLI's JSONL layout, written here: "-" (no consensus) rows are dropped.
+    rows = [("a man plays a guitar", "a man plays music", "entailment"),
+            ("a dog runs outside", "a cat sleeps inside", "contradiction"),
+            ("a woman reads", "a woman reads a book", "neutral"),
+            ("kids play", "kids are asleep", "-")] * 8
+    folder = tmp_path / "snli"
+    folder.mkdir()
+    for split in ("train", "dev"):
+        (folder / f"snli_1.0_{split}.jsonl").write_text("".join(
+            json.dumps({"sentence1": a, "sentence2": b, "gold_label": label}) + "\n"
+            for a, b, label in rows))
+    out = tmp_path / "run"
+    assert cli.main(["train", "bert-classifier", "--data", "glue-pairs", "-D", f"path={folder}",
+                     "-M", "num_layers=1", "-M", "num_hiddens=32", "-M", "dropout=0",
+                     "--optimizer", "adamw", "--lr", "3e-3", "--epochs", "80",
+                     "--batch-size", "8",
+                     "--out", str(out)]) == 0
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert test["test_acc"] == 1.0  # 3 pairs to tell apart: memorised
+    assert (out / "tokenizer.json").is_file()
+
+
+def test_a_hugging_face_checkpoint_fine_tunes_through_weights(tmp_path):
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertForPreTraining
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "movie", "film",
+             "great", "awful", "."]
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=48)
+    torch.manual_seed(0)
+    hf = BertForPreTraining(config)
+    save_file({k: v.clone().contiguous() for k, v in hf.state_dict().items()
+               if k != "cls.predictions.decoder.weight"}, folder / "model.safetensors")
+    run = RunConfig("bert-classifier", "sst-2", 8, data_options={"tokenizer": str(folder)},
+                    model_options={"num_layers": 2, "num_hiddens": 32, "num_heads": 2,
+                                   "ffn_num_hiddens": 48})
+    run.finetune.weights = str(folder / "model.safetensors")
+    run.data_dir = str(real_data_dir("sst-2"))
+    _, model = experiment.build(run)
+    ours = model.bert.embeddings.word_embeddings.weight
+    assert torch.equal(ours, hf.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(model.bert.encoder.layer[1].linear1.weight,
+                       hf.bert.encoder.layer[1].intermediate.dense.weight)
+
+
+def test_sst2_classifier_learns_sentiment_from_random_weights(tmp_path):
+    _, test = run_finetune("bert-sst2", tmp_path, "sst-2", max_steps=300)
+    assert test["test_acc"] >= 0.75
+
+
+def test_pos_tagger_learns_ewt(tmp_path):
+    _, test = run_finetune("bert-ewt-pos", tmp_path, "ud-english-ewt", max_steps=300)
+    assert test["test_acc"] >= 0.8
+
+
+def write_fact_questions(folder, count=2000, seed=0):
+    """SQuAD v1.1 JSON of one-fact paragraphs after a random number of filler words ("so it
+    was that the car is red . then"), asking for the colour: answering needs the span found
+    wherever the fact sits."""
+    import random
+
+    things = ["car", "hat", "door", "cup", "kite", "boat"]
+    colours = ["red", "blue", "green", "black", "white", "pink", "grey", "gold"]
+    filler = ["so", "it", "was", "then", "we", "saw", "that", "and", "now", "here"]
+    rng = random.Random(seed)
+    articles = []
+    for index in range(count):
+        thing, colour = rng.choice(things), rng.choice(colours)
+        before = " ".join(rng.choices(filler, k=rng.randrange(8)))
+        after = " ".join(rng.choices(filler, k=rng.randrange(4)))
+        fact = f"the {thing} is "
+        context = f"{before} {fact}{colour} . {after}".strip()
+        qa = {"id": str(index), "question": f"what colour is the {thing} ?",
+              "answers": [{"answer_start": context.index(fact) + len(fact), "text": colour}]}
+        articles.append({"title": f"article {index // 40}",
+                         "paragraphs": [{"context": context, "qas": [qa]}]})
+    (folder / "squad-v1.1").mkdir(parents=True)
+    (folder / "squad-v1.1" / "dev-v1.1.json").write_text(
+        json.dumps({"version": "1.1", "data": articles}))
+
+
+def test_question_answering_learns_to_find_the_answer_span(tmp_path):
+    write_fact_questions(tmp_path)
+    config = RunConfig("bert-qa", "squad", 32, data_dir=str(tmp_path),
+                       data_options={"max_len": 32, "max_query_len": 12, "doc_stride": 8},
+                       model_options={"num_layers": 2, "num_hiddens": 64, "num_heads": 2,
+                                      "ffn_num_hiddens": 128, "dropout": 0.0})
+    config.trainer = dataclasses.replace(config.trainer, optimizer="adamw", lr=2e-3,
+                                         max_epochs=10, schedule="cosine", warmup_epochs=1)
+    _, test = experiment.train(config, tmp_path / "run", progress=False)
+    # The answer moves with the filler before it: no fixed position scores more than ~15.
+    assert test["test_em"] >= 90, test

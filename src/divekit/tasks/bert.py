@@ -104,7 +104,8 @@ class BertPretraining(Task):
         predict = mlm_labels != IGNORE
         mlm_logits, nsp_logits = model(tokens, segments, valid_len, predict)
         targets = mlm_labels[predict]
-        mlm = F.cross_entropy(mlm_logits.float(), targets)
+        mlm_logits = mlm_logits.float()  # once: argmax is 5x faster on float32 than bf16 here
+        mlm = F.cross_entropy(mlm_logits, targets)
         # Single sentences (masked-LM text without a next sentence) have the label -100.
         paired = nsp_labels != IGNORE
         nsp = F.cross_entropy(nsp_logits.float(), nsp_labels, ignore_index=IGNORE,
