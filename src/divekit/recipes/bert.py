@@ -66,7 +66,7 @@ PRETRAIN = training_run(
 add_recipe(Recipe(
     "bert-pretrain-wikitext", BOOK_SECTION,
     "bert-small pretrained on WikiText-2 + SQuAD training passages + fra-eng English, "
-    "WordPiece (CPU, ~12 min); the fine-tuning start",
+    "WordPiece (CPU, ~9 min); the fine-tuning start",
     PRETRAIN,
     target="held-out (test.txt) MLM and NSP accuracy, in the README",
 ))
