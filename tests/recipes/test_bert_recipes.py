@@ -22,13 +22,15 @@ STEPS = 250
 
 @pytest.fixture(scope="module")
 def pretrain_run(tmp_path_factory):
-    """The CPU pretraining recipe with the book's word vocabulary for 250 steps of 128 pairs
-    (five passes over valid.txt). The book's own 50 steps at Adam 0.01 only learn the word
-    frequencies (their masked-word accuracy is that of always guessing "the")."""
+    """The CPU pretraining recipe on WikiText alone with the book's word vocabulary, at 3x its
+    learning rate, for 250 steps of 128 pairs (five passes over valid.txt). The book's own 50
+    steps at Adam 0.01 only learn the word frequencies (their masked-word accuracy is that of
+    always guessing "the")."""
     config = get_recipe("bert-pretrain-wikitext").run_config()
-    config.data_options["tokenizer"] = "word"
+    config.data_options.update(tokenizer="word", squad_passages=False, fra_eng=False)
     config.data_dir = str(real_data_dir("wikitext-2"))
-    config.trainer = dataclasses.replace(config.trainer, max_steps=STEPS, warmup_epochs=0.5)
+    config.trainer = dataclasses.replace(config.trainer, max_steps=STEPS, warmup_epochs=0.5,
+                                         lr=3e-3)
     out = tmp_path_factory.mktemp("bert-pretrain")
     _, test = experiment.train(config, out, progress=False)
     return out, test
@@ -39,7 +41,8 @@ def test_pretraining_beats_guessing_the_commonest_masked_word(pretrain_run):
     _, data, _ = experiment.load_run(run_dir)
     labels = torch.cat([batch[3][batch[3] != -100] for batch in data.test_dataloader()])
     commonest = collections.Counter(labels.tolist()).most_common(1)[0][1] / len(labels)
-    assert test["test_mlm_acc"] > commonest + 0.03, (test, commonest)
+    # 47,772 masked test tokens: the accuracy's standard error is about 0.0014.
+    assert test["test_mlm_acc"] > commonest + 0.015, (test, commonest)
     assert test["test_mlm"] < 6.2  # from ln(4,211) = 8.3 at the start
 
 
@@ -78,7 +81,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_and_its_tokenizer(pretra
     run_dir, _ = pretrain_run
     config = experiment.start_from_run(RunConfig("bert-classifier", "sst-2", 64), run_dir)
     assert config.data_options["tokenizer"] == str((run_dir / "tokenizer.json").resolve())
-    assert config.model_options == {"size": "small"}
+    assert config.model_options == {"size": "small", "dropout": 0.1}  # the run's
     config.data_dir = str(real_data_dir("sst-2"))
     data, model = experiment.build(config)
     pretrained = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
@@ -155,7 +158,9 @@ def test_sst2_classifier_learns_sentiment_from_random_weights(tmp_path):
 
 
 def test_pos_tagger_learns_ewt(tmp_path):
-    _, test = run_finetune("bert-ewt-pos", tmp_path, "ud-english-ewt", max_steps=300)
+    # One epoch (392 batches of 32 sentences) from random weights; the commonest tag (NOUN)
+    # is 17% of the words.
+    _, test = run_finetune("bert-ewt-pos", tmp_path, "ud-english-ewt", max_epochs=1)
     assert test["test_acc"] >= 0.8
 
 

@@ -47,7 +47,7 @@ def book_losses(run_dir: Path) -> list[str]:
 
 add_recipe(Recipe(
     "bert-pretrain-wikitext-book", BOOK_SECTION,
-    "The book's BERT pretraining: bert.small, batch 512, Adam 0.01, 50 steps (CPU: ~2 min)",
+    "The book's BERT pretraining: bert.small, batch 512, Adam 0.01, 50 steps (CPU: ~1 min)",
     training_run("bert-small", "wikitext-2-bert", 512, max_epochs=100, max_steps=50,
                  optimizer="adam", lr=0.01,
                  data_options={"max_len": 64, "min_freq": 5, "static_masking": True}),
