@@ -46,12 +46,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +57,7 @@ from torch import nn
 
 import divekit as dk
 from divekit.engine.callbacks import Callback
+from machine import cpu_name
 
 MAX_LEN, BATCH, LR = 64, 512, 0.01
 NUM_PREDS = round(MAX_LEN * 0.15)  # the book's max_num_mlm_preds: 10 slots per pair
@@ -305,15 +304,6 @@ def divekit_run(data, amp: str, total_steps: int, seed: int = 0
 
 
 # ---- measurement ----
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def window_rate(seconds: list[float], pairs: list[int], warmup: int, steps: int,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from divekit.recipes import get_recipe
 from divekit.scratch.attention import PositionalEncoding
 from divekit.scratch.transformer import TransformerDecoderBlock, TransformerEncoderBlock
 from divekit.text.decode import beam_search
+from machine import cpu_name
 
 SIZES = {"num_hiddens": 256, "num_layers": 2, "num_heads": 4, "ffn_num_hiddens": 512}
 
@@ -74,15 +74,6 @@ class BookTransformer(nn.Module):
 def masked_loss(logits, targets, pad):
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad)
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timed(step, steps: int, repeats: int) -> float:

@@ -77,6 +77,48 @@ class Perplexity(Mean):
         return super().compute().clamp(max=50.0).exp()
 
 
+class Sums:
+    """Base of a metric whose state is running sums, one scalar tensor per name in ``_names``
+    (kept as attributes named as in ``metric_state``, which the Trainer saves and restores),
+    on one device; :meth:`totals` sums them over processes under ``torchrun``. Subclasses set
+    ``_names`` (and ``_dtype``), add with :meth:`add` in ``update`` and read :meth:`totals` in
+    ``compute``."""
+
+    higher_is_better = True
+    _names: tuple[str, ...] = ()
+    _dtype = torch.float64
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device or "cpu")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen."""
+        for name in self._names:
+            setattr(self, name, torch.zeros((), dtype=self._dtype, device=self.device))
+
+    def to(self, device: torch.device | str) -> Sums:
+        """Move the sums to ``device``."""
+        self.device = torch.device(device)
+        for name in self._names:
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
+
+    @property
+    def metric_state(self) -> dict[str, torch.Tensor]:
+        """The running sums (torchmetrics' name for a metric's state)."""
+        return {name: getattr(self, name) for name in self._names}
+
+    def add(self, **values: float | torch.Tensor) -> None:
+        for name, value in values.items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def totals(self) -> list[float]:
+        """The sums over all processes, in ``_names`` order."""
+        stacked = torch.stack([getattr(self, name) for name in self._names])  # a copy
+        return distributed.all_reduce_sum(stacked).tolist()
+
+
 class SplitMeters:
     """One split's example-weighted loss, the named parts of the loss, and the task's metrics."""
 

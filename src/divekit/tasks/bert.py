@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from divekit.engine import distributed
+from divekit.engine.metrics import Sums
 from divekit.engine.task import Output, Task, register_task
 from divekit.errors import DivekitError
 from divekit.tasks.classification import Classification
@@ -48,34 +49,18 @@ def _needs(data: Any, attributes: tuple[str, ...], task: str, example: str) -> N
                            f"got {getattr(data, 'name', type(data).__name__)!r}")
 
 
-class Accuracy:
+class Accuracy(Sums):
     """Correct over counted predictions (masked tokens, sentence pairs, labelled words), exact
     over a split and summed over processes."""
 
-    higher_is_better = True
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.correct = torch.zeros((), dtype=torch.float64)
-        self.total = torch.zeros((), dtype=torch.float64)
-
-    def to(self, device: torch.device | str) -> Accuracy:
-        self.correct, self.total = self.correct.to(device), self.total.to(device)
-        return self
+    _names = ("correct", "total")
 
     def update(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
-        self.correct = self.correct + (predicted == target).sum()
-        self.total = self.total + target.numel()
-
-    @property
-    def metric_state(self) -> dict[str, torch.Tensor]:
-        return {"correct": self.correct, "total": self.total}
+        self.add(correct=(predicted == target).sum(), total=target.numel())
 
     def compute(self) -> torch.Tensor:
-        summed = distributed.all_reduce_sum(torch.stack([self.correct, self.total]))
-        return summed[0] / summed[1].clamp(min=1)
+        correct, total = self.totals()
+        return torch.tensor(correct / total if total else 0.0, dtype=torch.float64)
 
 
 @register_task("bert-pretraining")

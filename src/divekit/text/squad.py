@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from divekit.engine import distributed
+from divekit.engine.metrics import Sums
 from divekit.errors import DivekitError
 
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)  # ASCII punctuation, as v1.1
@@ -73,7 +73,7 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
     return max(_f1(predicted_words, answer) for answer in answers)
 
 
-class SquadScore:
+class SquadScore(Sums):
     """Exact match and F1 of SQuAD v1.1 answers, on the 0-100 scale, accumulated over batches.
 
     The state is three float64 sums, so a split's score is exact whatever the batching and
@@ -81,29 +81,7 @@ class SquadScore:
     the F1 scores (each in ``[0, 1]``), and the number of questions.
     """
 
-    higher_is_better = True
     _names = ("em", "f1", "count")
-
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self.device = torch.device(device or "cpu")
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every question seen."""
-        for name in self._names:
-            setattr(self, name, torch.zeros((), dtype=torch.float64, device=self.device))
-
-    def to(self, device: torch.device | str) -> SquadScore:
-        """Move the sums to ``device``."""
-        self.device = torch.device(device)
-        for name in self._names:
-            setattr(self, name, getattr(self, name).to(self.device))
-        return self
-
-    @property
-    def metric_state(self) -> dict[str, torch.Tensor]:
-        """The running sums (torchmetrics' name for a metric's state)."""
-        return {name: getattr(self, name) for name in self._names}
 
     def update(self, predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> None:
         """Add a batch of questions: one predicted answer and a list of gold answers each."""
@@ -112,16 +90,16 @@ class SquadScore:
         if len(predictions) != len(answers):
             raise DivekitError(f"got {len(predictions)} predictions but {len(answers)} answer "
                                "lists: pass one list of gold answers per prediction")
-        self.em.add_(sum(exact_match(p, a) for p, a in zip(predictions, answers, strict=True)))
-        self.f1.add_(sum(token_f1(p, a) for p, a in zip(predictions, answers, strict=True)))
-        self.count.add_(len(predictions))
+        pairs = list(zip(predictions, answers, strict=True))
+        self.add(em=sum(exact_match(p, a) for p, a in pairs),
+                 f1=sum(token_f1(p, a) for p, a in pairs), count=len(pairs))
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{"em", "f1"}`` on the 0-100 scale over every question so far (all processes), as
         float64 scalars; 0 before any question (like the Trainer's means)."""
-        sums = distributed.all_reduce_sum(torch.stack([self.em, self.f1, self.count]))
-        em, f1 = 100 * sums[:2] / sums[2].clamp(min=1)
-        return {"em": em, "f1": f1}
+        em, f1, count = self.totals()
+        return {name: torch.tensor(100 * value / count if count else 0.0, dtype=torch.float64)
+                for name, value in (("em", em), ("f1", f1))}
 
 
 def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, allowed: torch.Tensor,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from divekit.engine import distributed
+from divekit.engine.metrics import Sums
 from divekit.errors import DivekitError
 
 
@@ -80,42 +80,10 @@ def _check_pairs(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[str
                                "gold ones: predict exactly one tag per word")
 
 
-class _Counts:
-    """Integer counts kept as attributes named as in ``metric_state`` (what the Trainer saves
-    and restores), on one device, and summed over processes by ``compute``."""
+class _Counts(Sums):
+    """Integer counts (see :class:`~divekit.engine.metrics.Sums`)."""
 
-    higher_is_better = True
-    _names: tuple[str, ...] = ()
-
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self.device = torch.device(device or "cpu")
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every sentence seen."""
-        for name in self._names:
-            setattr(self, name, torch.zeros((), dtype=torch.long, device=self.device))
-
-    def to(self, device: torch.device | str) -> _Counts:
-        """Move the counts to ``device``."""
-        self.device = torch.device(device)
-        for name in self._names:
-            setattr(self, name, getattr(self, name).to(self.device))
-        return self
-
-    @property
-    def metric_state(self) -> dict[str, torch.Tensor]:
-        """The running counts (torchmetrics' name for a metric's state)."""
-        return {name: getattr(self, name) for name in self._names}
-
-    def _add(self, **counts: int) -> None:
-        for name, value in counts.items():
-            getattr(self, name).add_(value)
-
-    def _totals(self) -> list[int]:
-        """The counts summed over processes, in ``_names`` order."""
-        stacked = torch.stack([getattr(self, name) for name in self._names])  # a copy
-        return distributed.all_reduce_sum(stacked).tolist()
+    _dtype = torch.long
 
 
 class EntityF1(_Counts):
@@ -143,7 +111,7 @@ class EntityF1(_Counts):
             correct += len(pred_chunks & gold_chunks)
             num_predicted += len(pred_chunks)
             num_gold += len(gold_chunks)
-        self._add(correct=correct, predicted=num_predicted, gold=num_gold)
+        self.add(correct=correct, predicted=num_predicted, gold=num_gold)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{"f1", "precision", "recall"}`` as float64 scalars in ``[0, 1]``, over all processes.
@@ -152,7 +120,7 @@ class EntityF1(_Counts):
         ``seqeval`` (which also warns); F1 is ``2 correct / (predicted + gold)``, the harmonic
         mean of precision and recall, and 0 when either is 0.
         """
-        correct, predicted, gold = self._totals()
+        correct, predicted, gold = self.totals()
         ratio = lambda num, den: torch.tensor(num / den if den else 0.0,  # noqa: E731
                                               dtype=torch.float64)
         return {"f1": ratio(2 * correct, predicted + gold),
@@ -172,10 +140,10 @@ class WordAccuracy(_Counts):
         _check_pairs(predicted, gold)
         correct = sum(p == g for pred, true in zip(predicted, gold, strict=True)
                       for p, g in zip(pred, true, strict=True))
-        self._add(correct=correct, total=sum(len(true) for true in gold))
+        self.add(correct=correct, total=sum(len(true) for true in gold))
 
     def compute(self) -> torch.Tensor:
         """The accuracy over every word so far (all processes), a float64 scalar; 0 before any
         word (like the Trainer's means)."""
-        correct, total = self._totals()
+        correct, total = self.totals()
         return torch.tensor(correct / total if total else 0.0, dtype=torch.float64)
