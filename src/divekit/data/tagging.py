@@ -80,15 +80,10 @@ class TaggingData(BertTaskData):
             setattr(self, split, (*inputs, torch.arange(len(ids))))
 
 
-def read_conll(path: Path, tag_names: list[str] | None = None) -> list[Sentence]:
-    """The sentences of a two-column CoNLL file (WNUT-17): ``token<TAB>tag`` per line.
-
-    A line that is empty or holds only whitespace ends a sentence (WNUT-17's training file
-    separates most sentences by a lone tab).
-
-    Args:
-        tag_names: the allowed tags (None = any).
-    """
+def _sentences(path: Path, word_of, expected: str) -> list[Sentence]:
+    """Group a tagging file's word lines into sentences, a blank (or whitespace-only) line
+    ending each. ``word_of(fields, number)`` gives a line's ``(word, tag)``, or None for a
+    line that holds no word."""
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
@@ -98,18 +93,35 @@ def read_conll(path: Path, tag_names: list[str] | None = None) -> list[Sentence]
                 sentences.append((words, tags))
                 words, tags = [], []
             continue
+        word = word_of(line, number)
+        if word is not None:
+            words.append(word[0])
+            tags.append(word[1])
+    if words:
+        sentences.append((words, tags))
+    if not sentences:
+        raise DataError(f"{path} holds no sentences: expected {expected}, a blank line after "
+                        "each sentence")
+    return sentences
+
+
+def read_conll(path: Path, tag_names: list[str] | None = None) -> list[Sentence]:
+    """The sentences of a two-column CoNLL file (WNUT-17): ``token<TAB>tag`` per line.
+
+    A line that is empty or holds only whitespace ends a sentence (WNUT-17's training file
+    separates most sentences by a lone tab).
+
+    Args:
+        tag_names: the allowed tags (None = any).
+    """
+    def word_of(line: str, number: int) -> tuple[str, str]:
         fields = line.split("\t")
         if len(fields) != 2 or not fields[0] or not fields[1]:
             raise DataError(f"{path}, line {number}: expected 'token<TAB>tag', got {line[:60]!r}")
         _check_tag(path, number, fields[1], tag_names)
-        words.append(fields[0])
-        tags.append(fields[1])
-    if words:
-        sentences.append((words, tags))
-    if not sentences:
-        raise DataError(f"{path} holds no sentences: expected 'token<TAB>tag' lines, a blank "
-                        "line after each sentence")
-    return sentences
+        return fields[0], fields[1]
+
+    return _sentences(path, word_of, "'token<TAB>tag' lines")
 
 
 def read_conllu(path: Path, tag_names: list[str] | None = None) -> list[Sentence]:
@@ -122,32 +134,19 @@ def read_conllu(path: Path, tag_names: list[str] | None = None) -> list[Sentence
     Args:
         tag_names: the allowed tags (None = any).
     """
-    sentences: list[Sentence] = []
-    words: list[str] = []
-    tags: list[str] = []
-    for number, line in enumerate(read_lines(path), 1):
+    def word_of(line: str, number: int) -> tuple[str, str] | None:
         if line.startswith("#"):
-            continue
-        if not line.strip():
-            if words:
-                sentences.append((words, tags))
-                words, tags = [], []
-            continue
+            return None
         fields = line.split("\t")
         if len(fields) != 10:
             raise DataError(f"{path}, line {number}: {len(fields)} tab-separated fields, CoNLL-U "
                             "has 10 (ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC)")
         if "-" in fields[0] or "." in fields[0]:
-            continue
+            return None
         _check_tag(path, number, fields[3], tag_names)
-        words.append(fields[1])
-        tags.append(fields[3])
-    if words:
-        sentences.append((words, tags))
-    if not sentences:
-        raise DataError(f"{path} holds no sentences: expected CoNLL-U word lines, a blank line "
-                        "after each sentence")
-    return sentences
+        return fields[1], fields[3]
+
+    return _sentences(path, word_of, "CoNLL-U word lines")
 
 
 def _check_tag(path: Path, number: int, tag: str, tag_names: list[str] | None) -> None:

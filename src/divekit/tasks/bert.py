@@ -63,17 +63,9 @@ class Accuracy(Sums):
         return torch.tensor(correct / total if total else 0.0, dtype=torch.float64)
 
 
-@register_task("bert-pretraining")
-@dataclass
-class BertPretraining(Task):
-    """Masked language modelling plus next-sentence prediction (Devlin et al. 2019).
-
-    Metrics: ``mlm_acc`` (masked tokens predicted right), ``nsp_acc``; the loss's parts ``mlm``
-    and ``nsp``. A batch counts its examples. Single sentences (next-sentence label -100) train
-    the masked LM only.
-    """
-
-    monitor = "loss"
+class _SpanBatches(Task):
+    """Batches of ``(tokens, segments, valid_len, target, target, ...)`` counted in
+    sequences: the model reads the first three, the loss the next two."""
 
     def inputs(self, batch: Any) -> Any:
         return batch[:3]
@@ -83,6 +75,19 @@ class BertPretraining(Task):
 
     def count(self, batch: Any) -> int:
         return len(batch[0])
+
+
+@register_task("bert-pretraining")
+@dataclass
+class BertPretraining(_SpanBatches):
+    """Masked language modelling plus next-sentence prediction (Devlin et al. 2019).
+
+    Metrics: ``mlm_acc`` (masked tokens predicted right), ``nsp_acc``; the loss's parts ``mlm``
+    and ``nsp``. A batch counts its examples. Single sentences (next-sentence label -100) train
+    the masked LM only.
+    """
+
+    monitor = "loss"
 
     def step(self, model: nn.Module, batch: Any) -> Output:
         tokens, segments, valid_len, mlm_labels, nsp_labels = batch
@@ -245,7 +250,7 @@ class SplitTags:
 
 @register_task("question-answering")
 @dataclass
-class QuestionAnswering(Task):
+class QuestionAnswering(_SpanBatches):
     """Extractive question answering: start and end logits over the context's tokens.
 
     Args:
@@ -269,15 +274,6 @@ class QuestionAnswering(Task):
     def setup(self, data: Any) -> None:
         _needs(data, ("examples", "features"), "question-answering", "SQuAD-style")
         self.examples, self.features = data.examples, data.features
-
-    def inputs(self, batch: Any) -> Any:
-        return batch[:3]
-
-    def targets(self, batch: Any) -> Any:
-        return batch[3:5]
-
-    def count(self, batch: Any) -> int:
-        return len(batch[0])
 
     def step(self, model: nn.Module, batch: Any) -> Output:
         tokens, segments, valid_len, start, end, feature_id = batch
