@@ -41,8 +41,8 @@ class DataModule:
         batch_size: examples per batch of every loader.
         task: the registered task that reads these batches (see :mod:`divekit.engine.task`):
             ``"classification"`` (integer targets, logits out), ``"regression"``,
-            ``"language-model"``, ...
-        class_names: one name per class (classification only).
+            ``"language-model"``, ``"detection"`` (per-image target dicts), ...
+        class_names: one name per class (classification; the object classes of detection).
         seed: shuffles the training loader, one permutation per epoch.
         device: where the loaders put in-memory tensors (once, up front).
         transform: applied to every training batch (augmentation, see ``parse_augment``).
@@ -73,7 +73,9 @@ class DataModule:
 
     @property
     def num_classes(self) -> int | None:
-        return len(self.class_names) if self.task == "classification" else None
+        """Classes a model must tell apart: the image classes, or the object classes of a
+        detection set (without background); ``None`` for other tasks."""
+        return len(self.class_names) if self.task in ("classification", "detection") else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -1,5 +1,5 @@
-"""The built-in tasks (classification, regression, language modelling, translation, BERT's
-pretraining and fine-tuning tasks). Importing this package registers them; see
+"""The built-in tasks (classification, regression, language modelling, translation, object
+detection, BERT's pretraining and fine-tuning tasks). Importing this package registers them; see
 :mod:`divekit.engine.task` for what a task is and how to add one."""
 
 from divekit.tasks.bert import (
@@ -9,9 +9,11 @@ from divekit.tasks.bert import (
     TokenClassification,
 )
 from divekit.tasks.classification import Classification
+from divekit.tasks.detection import Detection
 from divekit.tasks.language_model import LanguageModeling
 from divekit.tasks.regression import Regression
 from divekit.tasks.translation import Translation
 
-__all__ = ["BertPretraining", "Classification", "LanguageModeling", "QuestionAnswering",
-           "Regression", "TextClassification", "TokenClassification", "Translation"]
+__all__ = ["BertPretraining", "Classification", "Detection", "LanguageModeling",
+           "QuestionAnswering", "Regression", "TextClassification", "TokenClassification",
+           "Translation"]
