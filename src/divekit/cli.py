@@ -189,6 +189,36 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", default="auto")
 
+    detect = commands.add_parser(
+        "detect", help="find objects in images with a detection run and draw them",
+        description="Detect objects with a detection run's checkpoint: each image is resized "
+        "to the model's input as in training, and its boxes (with labels, scores and the "
+        "masks of a Mask R-CNN run) are drawn on the original image.")
+    detect.add_argument("run_dir", type=Path)
+    detect.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE")
+    detect.add_argument("--out", type=Path, default=Path("detections.png"), metavar="PNG",
+                        help="the picture for one image; a folder for several")
+    detect.add_argument("--min-score", type=float, default=0.5,
+                        help="draw detections scoring at least this (default 0.5)")
+    detect.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    detect.add_argument("--data-dir")
+    detect.add_argument("--device", default="auto")
+
+    anchors = commands.add_parser(
+        "anchors", help="draw anchor boxes on an image (d2l 14.4, 14.5)",
+        description="Draw the anchor boxes of one pixel (sizes x the first ratio, then the "
+        "first size x the other ratios) or, with --fmap, of every cell of a feature map.")
+    anchors.add_argument("image", type=Path)
+    anchors.add_argument("--out", type=Path, default=Path("anchors.png"), metavar="PNG")
+    anchors.add_argument("--sizes", type=_positive_float, nargs="+", default=[0.75, 0.5, 0.25],
+                         help="anchor sizes, fractions of the image (default 0.75 0.5 0.25)")
+    anchors.add_argument("--ratios", type=_positive_float, nargs="+", default=[1.0, 2.0, 0.5],
+                         help="width/height ratios (default 1 2 0.5)")
+    anchors.add_argument("--at", type=int, nargs=2, metavar=("X", "Y"),
+                         help="the pixel whose anchors are drawn (default: the centre)")
+    anchors.add_argument("--fmap", type=_shape, metavar="HxW",
+                         help="draw the anchors of every cell of an HxW feature map instead")
+
     generate = commands.add_parser("generate", help="continue a text with a trained language model")
     generate.add_argument("run_dir", type=Path)
     generate.add_argument("--prefix", default="time traveller")
@@ -291,6 +321,25 @@ def _dispatch(args: argparse.Namespace) -> int:
                                          args.data_dir, args.device, top=args.top)
         for path, line in zip(args.inputs, lines, strict=True):
             print(f"{path}: {line}")
+        return 0
+    if args.command == "detect":
+        if len(args.inputs) > 1 and args.out.suffix:
+            raise DivekitError(f"--out {args.out} names a file; give a folder for "
+                               f"{len(args.inputs)} images")
+        for path, line in zip(args.inputs, experiment.detect_files(
+                args.run_dir, args.inputs, args.out, args.checkpoint, args.data_dir,
+                args.device, min_score=args.min_score), strict=True):
+            print(f"{path}: {line}")
+        return 0
+    if args.command == "anchors":
+        from divekit.vision.figures import anchor_figure
+
+        if args.fmap is not None and len(args.fmap) != 2:
+            raise DivekitError(f"--fmap takes HxW, e.g. 4x4, got {'x'.join(map(str, args.fmap))}")
+        for line in anchor_figure(args.image, args.out, args.sizes, args.ratios,
+                                  at=tuple(args.at) if args.at else None, fmap=args.fmap):
+            print(line)
+        print(f"wrote {args.out}")
         return 0
     if args.command == "generate":
         print(experiment.generate_text(

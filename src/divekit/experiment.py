@@ -1,5 +1,5 @@
 """Training runs from a :class:`~divekit.config.RunConfig`: ``train``, ``eval``, ``predict``,
-``generate`` and ``--resume`` all rebuild a run from its folder's ``config.json``."""
+``detect``, ``generate`` and ``--resume`` all rebuild a run from its folder's ``config.json``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from divekit.config import RunConfig
@@ -130,8 +132,11 @@ def load_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = Non
 
 def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = None,
                  device: str = "auto") -> dict[str, float]:
-    """Test metrics of a finished or interrupted run's ``best`` or ``last`` checkpoint."""
+    """Test metrics of a finished or interrupted run's ``best`` or ``last`` checkpoint (with
+    per-class figures where the task has them, e.g. detection's AP per class)."""
     trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
+    if hasattr(trainer.task, "class_metrics"):
+        trainer.task.class_metrics = True
     return trainer.evaluate(model, data.test_dataloader(), prefix="test")
 
 
@@ -264,3 +269,50 @@ def _attention(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor,
             return None
         rows.append(state["attention"][0].float().cpu())
     return torch.stack(rows)
+
+
+def detect_files(run_dir: Path, paths: list[Path], out: Path, checkpoint: str = "best",
+                 data_dir: str | None = None, device: str = "auto",
+                 min_score: float = 0.5) -> list[str]:
+    """Detect objects in image files with a detection run and draw them (14.7).
+
+    Each image is resized to the model's square input as in training; the boxes are scaled
+    back to the original image and drawn on it with labels and scores (and the masks of a
+    Mask R-CNN run), detections scoring at least ``min_score``.
+
+    Args:
+        out: the PNG to write for one input; for several, a folder that receives
+            ``<name>.png`` for each.
+
+    Returns:
+        One line per image: its detections, best first.
+    """
+    from PIL import Image
+
+    from divekit.vision.draw import draw_detections, save_image
+
+    trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
+    if data.task != "detection":
+        raise DivekitError(f"{run_dir} is a {data.task} run; `divekit detect` needs a detection "
+                           f"run (use `divekit predict` for it)")
+    outputs = trainer.predict(model, torch.stack([data.read_input(Path(p)) for p in paths]))
+    size = data.input_shape[-1]
+    lines = []
+    for path, detection in zip(paths, outputs, strict=True):
+        keep = detection["scores"] >= min_score
+        found = {key: value[keep] for key, value in detection.items()}
+        with Image.open(path) as image:
+            original = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+        height, width = original.shape[1:]
+        boxes = found["boxes"] * torch.tensor([width / size, height / size] * 2)
+        masks = found.get("masks")
+        if masks is not None:  # pasted at the model's size, stretched back like the image
+            masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="bilinear",
+                                  align_corners=False)[:, 0]
+        picture = draw_detections(original, boxes, found["labels"], found["scores"], masks,
+                                  class_names=data.class_names)
+        target = out / f"{Path(path).stem}.png" if len(paths) > 1 else out
+        save_image(picture, target)
+        lines.append(trainer.task.describe([dict(found, boxes=boxes)], data, top=len(boxes))[0]
+                     + f" -> {target}")
+    return lines

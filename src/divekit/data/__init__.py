@@ -3,8 +3,10 @@
 from divekit.data import (  # noqa: F401  (registration)
     bert,
     cifar,
+    detection,
     folder,
     glue,
+    scenes,
     squad,
     synthetic,
     tagging,

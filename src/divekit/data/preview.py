@@ -3,7 +3,8 @@
     show_batch(load_data("fashion-mnist"), "batch.png", augment="flip,crop=0.5,mixup")
 
 writes a PNG grid with each image's class name as its title; mixed (soft) labels show the
-strongest class and its weight.
+strongest class and its weight. Detection data (14.6) shows each image with its ground-truth
+boxes and class names drawn, moved by the augmentation as the images are.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def show_batch(
     if split not in ("train", "val", "test") or getattr(data, split) is None:
         raise DivekitError(f"dataset {data.name!r} has no split {split!r}; choose train, test"
                            + (", val" if data.val is not None else ""))
+    if data.task == "detection":
+        return _show_detection(data, Path(path), augment, n, getattr(data, split), seed)
     inputs, targets = getattr(data, split)[:2]
     if inputs.ndim != 4 or inputs.shape[1] not in (1, 3):
         raise DivekitError(f"show_batch needs images (N, 1 or 3, H, W); dataset {data.name!r} "
@@ -81,6 +84,28 @@ def show_batch(
     return _draw(images.detach().cpu(), labels.detach().cpu(), data.class_names, Path(path))
 
 
+def _show_detection(data: DataModule, path: Path, augment: str | Callable | None, n: int,
+                    split, seed: int) -> Path:
+    from divekit.data.collate import detection_collate
+    from divekit.vision.draw import draw_detections
+
+    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
+    images, targets = (data.collate_fn or detection_collate)([split[i] for i in pick.tolist()])
+    if isinstance(augment, str):
+        augment = parse_augment(augment, seed=seed)
+    if augment is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            images, targets = augment(images, targets)
+    drawn = [torch.from_numpy(draw_detections(image, target["boxes"], target["labels"],
+                                              masks=target.get("masks"),
+                                              class_names=data.class_names)).permute(2, 0, 1)
+             for image, target in zip(images, targets, strict=True)]
+    titles = [f"{len(target['boxes'])} object" + "s" * (len(target["boxes"]) != 1)
+              for target in targets]
+    return _draw(torch.stack(drawn).float() / 255, titles, data.class_names, path)
+
+
 def _displayable(image: torch.Tensor) -> torch.Tensor:
     """``(C, H, W)`` -> ``(H, W)`` or ``(H, W, 3)`` in [0, 1]; normalised images are rescaled."""
     low, high = float(image.min()), float(image.max())
@@ -89,7 +114,8 @@ def _displayable(image: torch.Tensor) -> torch.Tensor:
     return image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
 
 
-def _draw(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: Path) -> Path:
+def _draw(images: torch.Tensor, labels: torch.Tensor | list[str], class_names: list[str],
+          path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -103,7 +129,9 @@ def _draw(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], pa
         if index < len(images):
             axis.imshow(_displayable(images[index]).numpy(), cmap="gray", vmin=0, vmax=1,
                         interpolation="nearest")
-            axis.set_title(label_title(labels[index], class_names), fontsize=8)
+            title = labels[index] if isinstance(labels[index], str) else label_title(
+                labels[index], class_names)
+            axis.set_title(title, fontsize=8)
     fig.tight_layout()
     from divekit.engine.plots import save_png
 

@@ -33,7 +33,7 @@ import torch
 from divekit.errors import DivekitError
 
 IGNORE = 255
-PER_BOX = ("labels", "masks", "iscrowd")  # filtered with the boxes
+PER_BOX = ("labels", "masks", "iscrowd", "difficult")  # filtered with the boxes
 
 Targets = Any  # a tensor of class labels or label maps, or a list of detection target dicts
 
