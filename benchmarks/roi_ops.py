@@ -1,10 +1,12 @@
 """RoIAlign vectorised against a naive loop, its adaptive-sampling strategies, and mAP's speed.
 
-1. roi_align: ``divekit.vision.roi_align`` (every box, bin and sample gathered at once) against
-   the loop a reader would write from torchvision's C++ kernel (one box, bin and sample at a
-   time, channels as a vector), forward and forward + backward, median of ``--repeats``.
-2. Adaptive sampling (``sampling_ratio=-1``, grids of 1 to 5 per bin): one grid padded to the
-   largest box's against one pass per grid size.
+1. roi_align: ``divekit.vision.roi_align`` against the loop a reader would write from
+   torchvision's C++ kernel (one box, bin and sample at a time, channels as a vector), forward
+   and forward + backward, median of ``--repeats``; then at a Faster R-CNN head's size (512
+   boxes, 128 channels, a 16 x 16 map) each of its two paths (separable matrix products,
+   grid_sample) against the loop.
+2. Adaptive sampling (``sampling_ratio=-1``, grids of 1 to 5 per bin) on the grid_sample path:
+   one grid padded to the largest box's against one pass per grid size.
 3. ``MeanAveragePrecision`` (pycocotools' COCOeval) on 100 and 500 images of 100 detections.
 
     python benchmarks/roi_ops.py --repeats 5
@@ -130,10 +132,33 @@ def main() -> None:
         print(f"  {label:<17} vectorised {fast * 1e3:8.2f} ms   naive loop {slow * 1e3:9.1f} ms"
               f"   {slow / fast:6.0f}x")
 
+    # Faster R-CNN's RoI head: 512 proposals of a 256 x 256 image on its stride-16 map.
+    head = torch.randn(4, 128, 16, 16, generator=gen, requires_grad=True)
+    proposals = random_boxes(gen, 512, 4, 256, 16, 200)
+    print(f"roi_align: 512 boxes on {tuple(head.shape)}, output 7x7, sampling_ratio 2, "
+          "spatial_scale 1/16, float32")
+    naive = lambda t: naive_roi_align(t, proposals, 7, 1 / 16, 2, False)  # noqa: E731
+    reference = naive(head.detach())
+    slow = {label: timed(make(naive), args.repeats) for label, make in (
+        ("forward", lambda fn: lambda: fn(head.detach())),
+        ("forward+backward", lambda fn: forward_backward(fn, head)))}
+    for path, ratio in (("separable (default here)", math.inf), ("grid_sample", 0.0)):
+        roi._SEPARABLE_RATIO = ratio
+        ours = lambda t: roi.roi_align(t, proposals, 7, 1 / 16, 2, False)  # noqa: E731
+        torch.testing.assert_close(ours(head.detach()), reference, rtol=1e-4, atol=1e-5)
+        for label, make in (("forward", lambda fn: lambda: fn(head.detach())),
+                            ("forward+backward", lambda fn: forward_backward(fn, head))):
+            fast = timed(make(ours), args.repeats)
+            print(f"  {path:<24} {label:<17} {fast * 1e3:8.2f} ms   naive loop "
+                  f"{slow[label] * 1e3:9.1f} ms   {slow[label] / fast:6.0f}x")
+    roi._SEPARABLE_RATIO = 128.0
+
     # Adaptive grids: mostly small boxes (1 x 1 samples per bin) and a few large ones (up to 5).
     mixed = torch.cat([random_boxes(gen, args.rois - 16, 2, 200, 8, 28),
                        random_boxes(gen, 16, 2, 200, 60, 150)])
-    print(f"adaptive sampling ({args.rois} boxes, 16 of them large), forward+backward:")
+    print(f"adaptive sampling ({args.rois} boxes, 16 of them large), grid_sample path, "
+          "forward+backward:")
+    roi._SEPARABLE_RATIO = 0.0  # the separable path's cost does not depend on the grids
     for label, boxes in (("mixed sizes", mixed), ("uniform sizes", rois)):
         row = []
         for name, waste in (("padded", math.inf), ("grouped", 0.0)):
@@ -142,6 +167,7 @@ def main() -> None:
                 lambda t, b=boxes: roi.roi_align(t, b, 7, 0.25, -1, True), x), args.repeats)))
         roi._PADDED_WASTE = 2.0
         print(f"  {label:<14} " + "   ".join(f"{n} {s * 1e3:7.2f} ms" for n, s in row))
+    roi._SEPARABLE_RATIO = 128.0
 
     print("MeanAveragePrecision (bbox, 100 detections per image, 5 classes):")
     for images in (100, 500):

@@ -68,3 +68,27 @@ def test_show_batch_draws_ground_truth_boxes_of_generated_bananas(capsys, tmp_pa
                          "--augment", "flip,crop=0.5", "-D", "num_train=8", "-D", "num_val=2")
     assert status == 0 and out.strip().endswith("b.png")
     assert drawn_pixels(tmp_path / "b.png").std() > 10
+
+
+def test_train_eval_and_detect_with_a_mask_rcnn_run(capsys, tmp_path):
+    run = tmp_path / "run"
+    status, out, err = cli(capsys, "train", "mask-rcnn", "--data", "scenes", "-D", "num_train=16",
+                           "-D", "num_test=4", "--batch-size", 4, "--epochs", 1, "--optimizer",
+                           "adamw", "--lr", "1e-3", "-M", "width=8", "-M",
+                           "representation_size=32", "-M", "mask_width=8", "--out", run,
+                           "--quiet")
+    assert status == 0, err
+    final = out.strip().splitlines()[-1]
+    for name in ("loss_objectness", "loss_classifier", "loss_mask", " map_50 ", "mask_map_50"):
+        assert name in final
+    status, out, _ = cli(capsys, "eval", run)
+    assert status == 0
+    # eval adds the AP of every class, named after it.
+    assert all(f"map_50_{name} " in out for name in ("circle", "triangle", "cross"))
+    image = picture(tmp_path / "photo.png", width=100, height=80)
+    status, out, _ = cli(capsys, "detect", run, image, "--out", tmp_path / "boxes.png",
+                         "--min-score", "0")
+    assert status == 0 and out.startswith(f"{image}: ") and out.strip().endswith("boxes.png")
+    assert drawn_pixels(tmp_path / "boxes.png").shape == (80, 100, 3)
+    status, _, err = cli(capsys, "detect", run, image, image, "--out", tmp_path / "x.png")
+    one_line_error(status, err, "names a file; give a folder for 2 images")

@@ -94,7 +94,58 @@ def small_example(name):
     return model, torch.randn(3, 1, 28, 28), (3, 10)
 
 
-@pytest.mark.parametrize("name", dk.list_models())
+DETECTORS = [name for name in dk.list_models() if MODELS[name].task == "detection"]
+NOT_DETECTORS = [name for name in dk.list_models() if name not in DETECTORS]
+
+
+def detection_example(name, size=64):
+    """A detector for 3 classes at ``size`` pixels and two images: three objects, and none."""
+    torch.manual_seed(0)
+    model = dk.create_model(name, num_classes=3, image_size=size)
+    images = torch.rand(2, 3, size, size)
+    boxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 34.0],
+                          [33.0, 33.0, 63.0, 63.0]])
+    masks = torch.zeros(3, size, size, dtype=torch.uint8)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist(), strict=True):
+        mask[y1:y2, x1:x2] = 1
+    targets = [{"boxes": boxes, "labels": torch.tensor([0, 2, 1]), "masks": masks},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                "masks": torch.zeros(0, size, size, dtype=torch.uint8)}]
+    return model, images, targets
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_detectors_train_on_named_losses_and_detect_in_pixels(name):
+    # torchvision's protocol: a dict of losses in training (every parameter gets a gradient
+    # from their sum, with an image that has no object in the batch), detections in eval.
+    model, images, targets = detection_example(name)
+    losses = model.train()(images, targets)
+    named = {key: value for key, value in losses.items() if key.startswith("loss")}
+    assert named and all(value.ndim == 0 and torch.isfinite(value) for value in named.values())
+    sum(named.values()).backward()
+    # Every parameter takes part in the loss. Its gradient may be zero: a prediction head of
+    # a scale whose anchors or cells match none of these three boxes (and mine no negative)
+    # contributes nothing to this batch's loss, as intended; the learning tests train them.
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None, parameter_name
+    assert sum(float(p.grad.abs().sum()) for p in model.parameters()) > 0
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+        with_losses, eval_losses = model(images, targets)
+    assert len(detections) == len(with_losses) == 2 and set(eval_losses) >= set(named)
+    for detection in detections:
+        boxes, scores, labels = detection["boxes"], detection["scores"], detection["labels"]
+        assert boxes.shape == (len(scores), 4) and labels.shape == scores.shape
+        assert ((boxes >= -1e-4) & (boxes <= 64 + 1e-4)).all()
+        assert (boxes[:, 2:] >= boxes[:, :2]).all()
+        assert (scores[:-1] >= scores[1:]).all()
+        assert ((labels >= 0) & (labels < 3)).all()
+        if "masks" in detection:
+            assert detection["masks"].shape == (len(scores), 64, 64)
+
+
+@pytest.mark.parametrize("name", NOT_DETECTORS)
 def test_forward_backward_every_parameter_gets_a_gradient(name):
     # Every model works at small inputs: image models at 1 x 28 x 28, language models on
     # 7-token sequences over a 10-token vocabulary.

@@ -102,3 +102,14 @@ def test_only_the_best_detections_per_image_count():
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     assert average_precision([(boxes, scores)], truth) == pytest.approx(0.25)
     assert average_precision([(boxes, scores)], truth, max_detections=3) == 0.0
+
+
+def test_the_readable_iou_equals_the_library_one():
+    from divekit.scratch.detection import iou
+    from divekit.vision import box_iou
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(40, 2, 2, generator=generator, dtype=torch.float64) * 50
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values], 1)
+    boxes[:3, 2:] = boxes[:3, :2]  # zero-area boxes overlap nothing
+    torch.testing.assert_close(iou(boxes, boxes.flip(0)), box_iou(boxes, boxes.flip(0)))

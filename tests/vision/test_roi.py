@@ -302,3 +302,18 @@ def test_bad_input_and_output_size():
         roi_align(torch.zeros(1, 4, 4), torch.zeros(0, 5), 2)
     with pytest.raises(DivekitError, match="output_size"):
         roi_pool(torch.zeros(1, 1, 4, 4), torch.zeros(0, 5), (2, 0))
+
+
+@pytest.mark.parametrize("ratio", [0.0, math.inf])
+@pytest.mark.parametrize("aligned, sampling_ratio", [(False, -1), (True, -1), (True, 2),
+                                                     (False, 1)])
+def test_roi_align_both_paths_match_loop(monkeypatch, ratio, aligned, sampling_ratio):
+    # 0 forces grid_sample, inf the separable matrix products; maps one cell high or wide too.
+    monkeypatch.setattr(roi_module, "_SEPARABLE_RATIO", ratio)
+    gen = torch.Generator().manual_seed(11 + sampling_ratio)
+    for shape in ((2, 3, 7, 9), (2, 2, 1, 5), (2, 2, 4, 1)):
+        x = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        rois = random_rois(gen, 10, 2, shape[3] / 0.5, shape[2] / 0.5)
+        rois = rois[torch.randperm(len(rois), generator=gen)]  # unsorted batch indices
+        ours = roi_align(x, rois, (3, 2), 0.5, sampling_ratio, aligned)
+        compare(ours, naive_roi_align(x, rois, 3, 2, 0.5, sampling_ratio, aligned), x, gen)

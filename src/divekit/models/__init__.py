@@ -9,13 +9,16 @@ from divekit.models import (  # noqa: F401  (registration)
     linear,
     mlp,
     nin,
+    rcnn,
     resnet,
     rnn,
     scratch,
     seq2seq,
     smallcnn,
+    ssd,
     transformer,
     vgg,
+    yolo,
 )
 from divekit.models.registry import (
     MODELS,

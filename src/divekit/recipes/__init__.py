@@ -75,6 +75,7 @@ from divekit.recipes import (  # noqa: E402, F401  (registration)
     attention,
     bert,
     classic,
+    detection,
     finetune,
     language,
     scratch,

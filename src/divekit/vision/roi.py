@@ -6,9 +6,13 @@ map's grid, cut into ``oh x ow`` bins by floor/ceil and every bin keeps its maxi
 bilinear samples of the feature map on a regular grid, so the output moves smoothly with the box.
 
 Both follow ``torchvision.ops`` (argument order, box formats, border rules, rounding), so a user
-can swap torchvision in and get the same numbers. Both are vectorised over boxes and bins: the
-feature map is laid out as rows of channels ``(B * H * W, C)``, every sample's rows are gathered
-at once and autograd supplies the gradient (scatter-adds back into the map).
+can swap torchvision in and get the same numbers. Both are vectorised over boxes and bins and
+autograd supplies the gradient. ``roi_pool`` lays the map out as rows of channels
+``(B * H * W, C)`` and gathers every bin's cells at once. ``roi_align`` has two paths: on small
+maps (a detector's RoI heads) the bilinear weights, separable per axis, become a dense (oh, H)
+row matrix and (ow, W) column matrix per box and the bins are two matrix products with the map;
+on large maps ``grid_sample`` reads the samples (one call per image) and a pooling kernel sums
+each bin's block. ``benchmarks/roi_ops.py`` times both against a naive loop.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ _CHUNK_ELEMENTS = 1 << 24
 # Adaptive sampling pads every box to the largest grid unless that gathers more than this many
 # times the samples actually needed; then it runs one pass per grid size (benchmarks/roi_ops.py).
 _PADDED_WASTE = 2.0
+# The separable path (two matrix products over the whole map) runs when its multiply-adds per
+# box and channel are at most this many times the bilinear samples' count (benchmarks/roi_ops.py).
+_SEPARABLE_RATIO = 128.0
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -123,9 +130,12 @@ def roi_align(input: torch.Tensor, boxes: torch.Tensor | Sequence[torch.Tensor],
     else:
         grid_h = torch.ceil(height / oh).long()
         grid_w = torch.ceil(width / ow).long()
-    pixels = input.permute(0, 2, 3, 1).reshape(-1, C)
     batch = rois[:, 0].long()
     geometry = (batch, y1, x1, height / oh, width / ow, grid_h, grid_w)
+    samples = float((grid_h.clamp(min=1) * grid_w.clamp(min=1)).double().mean())
+    if _separable_cost(H, W, oh, ow) <= _SEPARABLE_RATIO * oh * ow * samples:
+        # Small maps (a detector's RoI heads): two matrix products per image, any grids.
+        return _align_separable(input, (oh, ow), geometry)
     # One key per (gh, gw) pair: the boxes that share a sample grid.
     keys = grid_h.clamp(min=1) * (int(grid_w.max()) + 2) + grid_w.clamp(min=1)
     unique = keys.unique()
@@ -133,60 +143,124 @@ def roi_align(input: torch.Tensor, boxes: torch.Tensor | Sequence[torch.Tensor],
     exact_cost = int((grid_h.clamp(min=1) * grid_w.clamp(min=1)).sum())
     if len(unique) == 1 or padded_cost <= _PADDED_WASTE * exact_cost:
         # One padded grid for all boxes: little waste, one pass (the common case).
-        return _align(pixels, (H, W, C), (oh, ow), geometry)
+        return _align(input, (oh, ow), geometry)
     # Sample counts vary a lot (a few large boxes among small ones): one pass per grid so
     # the small boxes do not pay for the largest one.
     pieces, places = [], []
     for key in unique:
         place = (keys == key).nonzero().squeeze(1)
-        pieces.append(_align(pixels, (H, W, C), (oh, ow), [t[place] for t in geometry]))
+        pieces.append(_align(input, (oh, ow), [t[place] for t in geometry]))
         places.append(place)
     return torch.cat(pieces)[torch.argsort(torch.cat(places))]
 
 
-def _align(pixels: torch.Tensor, shape: tuple[int, int, int], output_size: tuple[int, int],
+def _align(input: torch.Tensor, output_size: tuple[int, int],
            geometry: Sequence[torch.Tensor]) -> torch.Tensor:
-    """RoIAlign of boxes on a grid padded to their largest sample count (masked samples)."""
-    H, W, C = shape
+    """RoIAlign of boxes on a sample grid padded to their largest sample count.
+
+    The samples are read by ``grid_sample`` (bilinear, zero padding), one call per image and
+    chunk of boxes: every box becomes ``oh * Gh`` rows of ``ow * Gw`` samples of its image, then
+    each bin's ``Gh x Gw`` block is summed and divided by the box's own sample count. The
+    coordinates are clamped onto the map beforehand as torchvision does, and a sample that
+    counts as 0 (beyond ``-1`` or the map's size, or padding) is moved far outside the map.
+    """
+    _, C, H, W = input.shape
     oh, ow = output_size
     batch, y1, x1, bin_h, bin_w, grid_h, grid_w = geometry
     Gh, Gw = int(grid_h.max().clamp(min=1)), int(grid_w.max().clamp(min=1))
-    # Bilinear weights are a product of a row weight and a column weight, so each axis is
-    # worked out on its own: (K, oh, Gh, 2) row indices and weights (low and high neighbour).
-    rows, row_w = _axis(y1, bin_h, grid_h, oh, Gh, H)
-    cols, col_w = _axis(x1, bin_w, grid_w, ow, Gw, W)
-    count = (grid_h * grid_w).clamp(min=1).to(row_w.dtype)
-    row_w = row_w / count[:, None, None, None]
-    samples = Gh * 2 * Gw * 2  # gathered cells per bin: 4 neighbours of each sample
+    rows = _axis(y1, bin_h, grid_h, oh, Gh, H)  # (K, oh * Gh) normalised coordinates
+    cols = _axis(x1, bin_w, grid_w, ow, Gw, W)  # (K, ow * Gw)
+    if H == 1 or W == 1:  # a zero row / column after a single one: see _axis
+        input = nn.functional.pad(input, (0, int(W == 1), 0, int(H == 1)))
+    count = (grid_h * grid_w).clamp(min=1).to(input.dtype)
+    order, sizes, restore = _by_image(batch, input.shape[0])
     outputs = []
-    for k in _chunks(len(batch), oh * ow * samples * C):
-        n = len(batch[k])
-        # (k, oh, ow, Gh, 2, Gw, 2): a bin's cells are contiguous after the gather, so a batched
-        # matrix product (1 x samples) @ (samples x C) weights and sums them without a copy.
-        index = ((batch[k, None, None, None, None, None, None] * H
-                  + rows[k, :, None, :, :, None, None]) * W + cols[k, None, :, None, None])
-        weights = row_w[k, :, None, :, :, None, None] * col_w[k, None, :, None, None]
-        values = pixels.index_select(0, index.flatten()).view(n * oh * ow, samples, C)
-        pooled = torch.bmm(weights.reshape(n * oh * ow, 1, samples), values)
-        outputs.append(pooled.view(n, oh, ow, C).permute(0, 3, 1, 2))
-    return torch.cat(outputs)
+    for image, group in enumerate(order.split(sizes)):
+        for k in _chunks(len(group), oh * Gh * ow * Gw * C):
+            place = group[k]
+            n = len(place)
+            if n == 0:
+                continue
+            grid = torch.stack(torch.broadcast_tensors(cols[place, None, :],
+                                                       rows[place, :, None]), -1)
+            samples = nn.functional.grid_sample(
+                input[image:image + 1], grid.view(1, n * oh * Gh, ow * Gw, 2), mode="bilinear",
+                padding_mode="zeros", align_corners=True)  # (1, C, n * oh * Gh, ow * Gw)
+            # Each bin's Gh x Gw block summed (a pooling kernel: far faster than a strided sum).
+            sums = nn.functional.avg_pool2d(samples, (Gh, Gw), divisor_override=1)
+            outputs.append(sums.view(C, n, oh, ow).permute(1, 0, 2, 3)
+                           / count[place, None, None, None])
+    pooled = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return pooled if restore is None else pooled[restore]
 
 
-def _axis(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, bins: int,
-          padded: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _separable_cost(H: int, W: int, oh: int, ow: int) -> int:
+    """Multiply-adds per box and channel of :func:`_align_separable` (rows first)."""
+    return oh * H * W + oh * W * ow
+
+
+def _align_separable(input: torch.Tensor, output_size: tuple[int, int],
+                     geometry: Sequence[torch.Tensor]) -> torch.Tensor:
+    """RoIAlign as ``rows @ map @ cols.T`` per box and channel: bilinear weights are separable.
+
+    A bin's average is ``sum_s wy_s * wx_s * F[y_s, x_s] / count`` over its samples ``s``, and
+    both the weights and the border rule (a sample counts as 0 when either coordinate is out)
+    factor into a row part and a column part. Summing each axis's weights per bin gives dense
+    (oh, H) and (ow, W) matrices per box, so the whole pass is one matrix product of every
+    box's row matrix with its image's map and a batched product with the column matrices; the
+    cost is independent of the sample grid, and autograd's gradient is two products as well.
+    """
+    _, C, H, W = input.shape
+    oh, ow = output_size
+    batch, y1, x1, bin_h, bin_w, grid_h, grid_w = geometry
+    Gh, Gw = int(grid_h.max().clamp(min=1)), int(grid_w.max().clamp(min=1))
+    count = (grid_h * grid_w).clamp(min=1).to(input.dtype)
+    rows = _dense_weights(*_axis_weights(y1, bin_h, grid_h, oh, Gh, H), H)
+    rows = rows / count[:, None, None]  # (K, oh, H)
+    cols = _dense_weights(*_axis_weights(x1, bin_w, grid_w, ow, Gw, W), W)  # (K, ow, W)
+    order, sizes, restore = _by_image(batch, input.shape[0])
+    outputs = []
+    for image, group in enumerate(order.split(sizes)):
+        fm = input[image].transpose(0, 1).reshape(H, C * W)  # a small copy of one map
+        for k in _chunks(len(group), C * oh * (W + ow)):
+            place = group[k]
+            n = len(place)
+            if n == 0:
+                continue
+            # (n * oh, H) @ (H, C * W): every box's rows at once, then each box's columns.
+            down = (rows[place].reshape(n * oh, H) @ fm).view(n, oh * C, W)
+            outputs.append(torch.bmm(down, cols[place].transpose(1, 2)).view(n, oh, C, ow))
+    pooled = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    if restore is not None:
+        pooled = pooled[restore]
+    return pooled.permute(0, 2, 1, 3)
+
+
+def _by_image(batch: torch.Tensor, images: int
+              ) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+    """Boxes sorted by image (stable), boxes per image, and the order that undoes the sort
+    (None when the boxes come sorted already, as a detector's proposals do)."""
+    order = torch.argsort(batch, stable=True)
+    sizes = torch.bincount(batch, minlength=images).tolist()
+    ordered = len(batch) < 2 or bool((batch[1:] >= batch[:-1]).all())
+    return order, sizes, None if ordered else torch.argsort(order)
+
+
+def _dense_weights(index: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
+    """(K, bins, padded, 2) neighbour indices and weights summed per bin into (K, bins, size)."""
+    K, bins = index.shape[:2]
+    dense = weights.new_zeros(K, bins, size)
+    return dense.scatter_add_(2, index.flatten(2), weights.flatten(2))
+
+
+def _axis_weights(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, bins: int,
+                  padded: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Neighbour indices and bilinear weights of the samples along one axis.
 
     Returns (K, bins, padded, 2) long indices (low, high neighbour) and weights; a padded
     sample (index >= the box's grid) or one beyond ``-1`` or ``size`` has weight 0.
     """
-    dtype = start.dtype
-    p = torch.arange(bins, dtype=dtype, device=start.device)[None, :, None]
-    i = torch.arange(padded, dtype=dtype, device=start.device)[None, None, :]
-    g = grid.clamp(min=1).to(dtype)[:, None, None]
-    b = bin_size[:, None, None]
-    # torchvision's order of operations, so float32 results round the same way.
-    position = start[:, None, None] + p * b + (i + 0.5) * b / g
-    valid = (position >= -1.0) & (position <= size) & (i < grid[:, None, None])
+    position, valid = _positions(start, bin_size, grid, bins, padded, size)
     position = position.clamp(min=0.0)
     low = position.floor()
     at_end = low >= size - 1  # clamp onto the last cell: both neighbours are that cell
@@ -196,6 +270,36 @@ def _axis(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, bins:
     frac = position - low
     weights = torch.stack([1 - frac, frac], -1) * valid[..., None]
     return torch.stack([low, high], -1).long(), weights
+
+
+def _positions(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, bins: int,
+               padded: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, bins, padded) sample coordinates along one axis and whether each counts."""
+    dtype = start.dtype
+    p = torch.arange(bins, dtype=dtype, device=start.device)[None, :, None]
+    i = torch.arange(padded, dtype=dtype, device=start.device)[None, None, :]
+    g = grid.clamp(min=1).to(dtype)[:, None, None]
+    b = bin_size[:, None, None]
+    # torchvision's order of operations, so float32 results round the same way.
+    position = start[:, None, None] + p * b + (i + 0.5) * b / g
+    valid = (position >= -1.0) & (position <= size) & (i < grid[:, None, None])
+    return position, valid
+
+
+def _axis(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, bins: int,
+          padded: int, size: int) -> torch.Tensor:
+    """Sample coordinates along one axis, normalised for ``grid_sample(align_corners=True)``.
+
+    Returns (K, bins * padded): bin-major, ``padded`` samples per bin. A sample clamps onto
+    ``[0, size - 1]`` (torchvision's border rule), which is ``[-1, 1]`` normalised; a padded one
+    (index >= the box's grid) or one beyond ``-1`` or ``size`` goes to -4, whose neighbours are
+    both off the map (value 0). A map one cell long is normalised as two long (the caller pads
+    a zero cell): align_corners maps every coordinate of a single cell onto it.
+    """
+    position, valid = _positions(start, bin_size, grid, bins, padded, size)
+    position = position.clamp(min=0.0, max=size - 1)
+    normal = position * (2.0 / max(size - 1, 1)) - 1  # grid_sample: (v + 1) * (size - 1) / 2
+    return normal.masked_fill(~valid, -4.0).flatten(1)
 
 
 def _pool_bins(start: torch.Tensor, length: torch.Tensor, bins: int, size: int,
