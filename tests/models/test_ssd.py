@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from divekit.data.augment import RandomHorizontalFlip
 from divekit.errors import DivekitError
 from divekit.models import ssd
 from divekit.models.registry import count_parameters
@@ -344,25 +345,15 @@ def test_class_aware_detections_by_hand():
 
 # --- learning --------------------------------------------------------------------------------
 
-def flip_batch(images, targets, flip):
-    """Mirror the images where ``flip`` is True, and their boxes with them."""
-    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    width = images.shape[-1]
-    flipped = []
-    for target, f in zip(targets, flip.tolist(), strict=True):
-        boxes = target["boxes"]
-        if f:
-            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
-                                 boxes[:, 3]], dim=1)
-        flipped.append({"boxes": boxes, "labels": target["labels"]})
-    return images, flipped
-
-
-def train_and_evaluate(model, data, optimizer, epochs, batch_size, held_out, scheduler=None,
-                       flip=True):
-    """Train with a plain loop on uint8 images, return the held-out mAP@0.5 and the seconds."""
+def train_and_evaluate(model, data, held_out, epochs, batch_size=16, lr=3e-3):
+    """Train with a plain loop on uint8 images (AdamW, one-cycle, random flips), return the
+    held-out mAP@0.5 and the seconds."""
     from divekit.vision.metrics import MeanAveragePrecision
 
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, lr, total_steps=epochs * math.ceil(len(data[0]) / batch_size), pct_start=0.1)
+    flip = RandomHorizontalFlip()
     images, targets = data
     start = time.perf_counter()
     model.train()
@@ -372,15 +363,13 @@ def train_and_evaluate(model, data, optimizer, epochs, batch_size, held_out, sch
             index = order[i:i + batch_size]
             x = images[index].float() / 255
             y = [targets[j] for j in index.tolist()]
-            if flip:
-                x, y = flip_batch(x, y, torch.rand(len(index)) < 0.5)
+            x, y = flip.apply(x, y)
             losses = model(x, y)
             loss = sum(v for k, v in losses.items() if k.startswith("loss"))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            scheduler.step()
     seconds = time.perf_counter() - start
     model.eval()
     metric = MeanAveragePrecision()
@@ -400,12 +389,7 @@ def test_tiny_ssd_learns_bananas():
     train = generate_bananas(320, size=128, seed=0)
     held_out = generate_bananas(64, size=128, seed=1)
     model = ssd.tiny_ssd()
-    epochs, batch_size = 5, 16
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, 3e-3, total_steps=epochs * math.ceil(320 / batch_size), pct_start=0.1)
-    map_50, seconds = train_and_evaluate(model, train, optimizer, epochs, batch_size, held_out,
-                                         scheduler)
+    map_50, seconds = train_and_evaluate(model, train, held_out, epochs=5)
     print(f"tiny-ssd bananas: mAP@0.5 {map_50:.3f} after {seconds:.0f} s")
     assert map_50 > TINY_SSD_FLOOR
 
@@ -418,11 +402,6 @@ def test_ssd_learns_scenes():
     train = generate_scenes(400, size=128, seed=0)
     held_out = generate_scenes(100, size=128, seed=1)
     model = ssd.ssd(image_size=128)
-    epochs, batch_size = 6, 16
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, 3e-3, total_steps=epochs * math.ceil(400 / batch_size), pct_start=0.1)
-    map_50, seconds = train_and_evaluate(model, train, optimizer, epochs, batch_size, held_out,
-                                         scheduler)
+    map_50, seconds = train_and_evaluate(model, train, held_out, epochs=6)
     print(f"ssd scenes: mAP@0.5 {map_50:.3f} after {seconds:.0f} s")
     assert map_50 > SSD_FLOOR

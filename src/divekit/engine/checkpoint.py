@@ -18,15 +18,15 @@ from divekit.errors import DivekitError
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` so a crash at any moment leaves the old file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace(path, "wb", lambda f: torch.save(state, f))
+    replace_file(path, "wb", lambda f: torch.save(state, f))
 
 
 def write_atomically(path: Path, text: str) -> None:
     """Replace the text file ``path`` so that a crash leaves either the old or the new file."""
-    _replace(path, "w", lambda f: f.write(text))
+    replace_file(path, "w", lambda f: f.write(text))
 
 
-def _replace(path: Path, mode: str, write: Callable[[Any], Any]) -> None:
+def replace_file(path: Path, mode: str, write: Callable[[Any], Any]) -> None:
     """Write through ``write(file)`` to a temporary file in the same folder, flush it to disk,
     then rename it over ``path`` (atomic on POSIX and Windows)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -13,7 +13,6 @@ one per box, or taken in turn from ``colors`` (as d2l's ``show_bboxes``).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+from divekit.engine.checkpoint import replace_file
 from divekit.errors import DivekitError
 
 # Tableau's 10 colours (matplotlib's default cycle), then 10 more distinct ones.
@@ -185,8 +185,8 @@ def _draw_caption(draw: ImageDraw.ImageDraw, font, text: str, x: float, y: float
 
 
 def save_image(image: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an image as PNG, atomically (a temporary file in the same folder, then
-    ``os.replace``), creating folders; returns the path.
+    """Write an image as PNG, atomically (:func:`~divekit.engine.checkpoint.replace_file`),
+    creating folders; returns the path.
 
     Args:
         image: uint8 ``(H, W, 3)`` / ``(H, W)`` array or a ``(3, H, W)`` tensor (float in
@@ -195,12 +195,5 @@ def save_image(image: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Pat
     path = Path(path)
     pixels = to_pixels(image)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels).save(f, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_file(path, "wb", lambda f: Image.fromarray(pixels).save(f, format="PNG"))
     return path
