@@ -26,6 +26,9 @@ EXPECTED_PARAMETERS = {
     + dense(120, 84) + 168 + dense(84, 10),
     # Bias-free convs (batch norm follows), 28 -> 14 -> 7 -> 3 pixels.
     "small-cnn": 16 * 9 + 32 + 32 * 16 * 9 + 64 + 64 * 32 * 9 + 128 + dense(64 * 3 * 3, 10),
+    # The course's FCN: torchvision's ResNet-18 without fc (11,689,512 - 513,000), a 1x1 conv
+    # and a 64x64 transposed conv (stride 32), both with biases, for VOC's 21 classes.
+    "fcn": 11_689_512 - dense(512, 1000) + conv(512, 21, 1) + conv(21, 21, 64),
 }
 # The from-scratch twins have exactly the parameters of the built-in models.
 for _twin in ("softmax-regression", "mlp", "mlp-dropout", "lenet-bn"):
@@ -91,6 +94,9 @@ def small_example(name):
         return model, inputs, (3, 5, 9)
     if info.task == "regression":
         return model, torch.randn(3, *info.input_shape), (3, 1)
+    if info.task == "segmentation":  # RGB in, one score per class and pixel out
+        classes = model.classifier.out_channels
+        return model, torch.rand(3, 3, 28, 28), (3, classes, 28, 28)
     return model, torch.randn(3, 1, 28, 28), (3, 10)
 
 

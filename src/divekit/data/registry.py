@@ -73,9 +73,11 @@ class DataModule:
 
     @property
     def num_classes(self) -> int | None:
-        """Classes a model must tell apart: the image classes, or the object classes of a
-        detection set (without background); ``None`` for other tasks."""
-        return len(self.class_names) if self.task in ("classification", "detection") else None
+        """Classes a model must tell apart: the image classes, the object classes of a
+        detection set (without background) or the pixel classes of a segmentation set (with
+        it); ``None`` for other tasks."""
+        counted = ("classification", "detection", "segmentation")
+        return len(self.class_names) if self.task in counted else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ from divekit.models import (  # noqa: F401  (registration)
     alexnet,
     bert,
     densenet,
+    fcn,
     googlenet,
     lenet,
     linear,
