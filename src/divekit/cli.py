@@ -204,6 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--data-dir")
     detect.add_argument("--device", default="auto")
 
+    segment = commands.add_parser(
+        "segment", help="label every pixel of images with a segmentation run and draw them",
+        description="Semantic segmentation with a segmentation run's checkpoint: each image is "
+        "resized to the model's input as in training, and its class map is drawn over the "
+        "original image in the VOC palette (background clear), with a legend.")
+    segment.add_argument("run_dir", type=Path)
+    segment.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE")
+    segment.add_argument("--out", type=Path, default=Path("segmentation.png"), metavar="PNG",
+                         help="the picture for one image; a folder for several")
+    segment.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    segment.add_argument("--data-dir")
+    segment.add_argument("--device", default="auto")
+
     anchors = commands.add_parser(
         "anchors", help="draw anchor boxes on an image (d2l 14.4, 14.5)",
         description="Draw the anchor boxes of one pixel (sizes x the first ratio, then the "
@@ -322,13 +335,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         for path, line in zip(args.inputs, lines, strict=True):
             print(f"{path}: {line}")
         return 0
-    if args.command == "detect":
+    if args.command in ("detect", "segment"):
         if len(args.inputs) > 1 and args.out.suffix:
             raise DivekitError(f"--out {args.out} names a file; give a folder for "
                                f"{len(args.inputs)} images")
-        for path, line in zip(args.inputs, experiment.detect_files(
-                args.run_dir, args.inputs, args.out, args.checkpoint, args.data_dir,
-                args.device, min_score=args.min_score), strict=True):
+        options = {"min_score": args.min_score} if args.command == "detect" else {}
+        draw = experiment.detect_files if args.command == "detect" else experiment.segment_files
+        for path, line in zip(args.inputs, draw(args.run_dir, args.inputs, args.out,
+                                                args.checkpoint, args.data_dir, args.device,
+                                                **options), strict=True):
             print(f"{path}: {line}")
         return 0
     if args.command == "anchors":

@@ -316,3 +316,45 @@ def detect_files(run_dir: Path, paths: list[Path], out: Path, checkpoint: str = 
         lines.append(trainer.task.describe([dict(found, boxes=boxes)], data, top=len(boxes))[0]
                      + f" -> {target}")
     return lines
+
+
+def segment_files(run_dir: Path, paths: list[Path], out: Path, checkpoint: str = "best",
+                  data_dir: str | None = None, device: str = "auto") -> list[str]:
+    """Label every pixel of image files with a segmentation run and draw the classes (14.9).
+
+    Each image is resized to the model's input size as in training; the class map is scaled
+    back (nearest pixel) and drawn over the original image in the VOC palette, background
+    left clear, with a legend of the classes found.
+
+    Args:
+        out: the PNG to write for one input; for several, a folder that receives
+            ``<name>.png`` for each.
+
+    Returns:
+        One line per image: the classes covering most of it.
+    """
+    from PIL import Image
+
+    from divekit.data.folder import to_tensor
+    from divekit.data.segmentation import VOC_COLORMAP, read_image
+    from divekit.vision.draw import draw_segmentation, save_image
+
+    trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
+    if data.task != "segmentation":
+        raise DivekitError(f"{run_dir} is a {data.task} run; `divekit segment` needs a "
+                           f"segmentation run (train one with --data scenes-segmentation)")
+    height, width = data.input_shape[-2:]
+    originals = [read_image(Path(p)) for p in paths]
+    inputs = torch.stack([to_tensor(np.asarray(Image.fromarray(pixels).resize(
+        (width, height), Image.Resampling.BILINEAR))) for pixels in originals])
+    maps = trainer.predict(model, inputs)
+    colors = [tuple(c) for c in getattr(data, "colormap", VOC_COLORMAP).tolist()]
+    lines = []
+    for path, pixels, labels in zip(paths, originals, maps, strict=True):
+        labels = F.interpolate(labels[None, None].float(), size=pixels.shape[:2],
+                               mode="nearest")[0, 0].long()
+        picture = draw_segmentation(pixels, labels, colors, data.class_names)
+        target = out / f"{Path(path).stem}.png" if len(paths) > 1 else out
+        save_image(picture, target)
+        lines.append(f"{trainer.task.describe(labels[None], data)[0]} -> {target}")
+    return lines

@@ -7,6 +7,7 @@ from divekit.data import (  # noqa: F401  (registration)
     folder,
     glue,
     scenes,
+    segmentation,
     squad,
     synthetic,
     tagging,

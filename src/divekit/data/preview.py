@@ -4,7 +4,8 @@
 
 writes a PNG grid with each image's class name as its title; mixed (soft) labels show the
 strongest class and its weight. Detection data (14.6) shows each image with its ground-truth
-boxes and class names drawn, moved by the augmentation as the images are.
+boxes and class names drawn, moved by the augmentation as the images are; segmentation data
+(14.9) each image beside its label map, in the dataset's colours.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from divekit.data.augment import parse_augment
 from divekit.data.registry import DataModule
@@ -69,6 +71,8 @@ def show_batch(
                            + (", val" if data.val is not None else ""))
     if data.task == "detection":
         return _show_detection(data, Path(path), augment, n, getattr(data, split), seed)
+    if data.task == "segmentation":
+        return _show_segmentation(data, Path(path), augment, n, getattr(data, split), seed)
     inputs, targets = getattr(data, split)[:2]
     if inputs.ndim != 4 or inputs.shape[1] not in (1, 3):
         raise DivekitError(f"show_batch needs images (N, 1 or 3, H, W); dataset {data.name!r} "
@@ -104,6 +108,35 @@ def _show_detection(data: DataModule, path: Path, augment: str | Callable | None
     titles = [f"{len(target['boxes'])} object" + "s" * (len(target["boxes"]) != 1)
               for target in targets]
     return _draw(torch.stack(drawn).float() / 255, titles, data.class_names, path)
+
+
+def _show_segmentation(data: DataModule, path: Path, augment: str | Callable | None, n: int,
+                       split, seed: int) -> Path:
+    """Pairs of cells: each image, then its label map in the data's colours (void in its own
+    colour), titled with the classes it holds."""
+    from divekit.data.segmentation import VOC_COLORMAP, colorize
+
+    pick = torch.randperm(len(split) if isinstance(split, Dataset) else len(split[0]),
+                          generator=torch.Generator().manual_seed(seed))[:n]
+    if isinstance(split, Dataset):
+        images, labels = map(torch.stack, zip(*[split[i] for i in pick.tolist()], strict=True))
+    else:
+        images, labels = split[0][pick].float(), split[1][pick]
+    if isinstance(augment, str):
+        augment = parse_augment(augment, seed=seed)
+    if augment is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            images, labels = augment(images, labels)
+    pictures = colorize(labels, getattr(data, "colormap", VOC_COLORMAP)).permute(0, 3, 1, 2)
+    names = data.class_names
+    cells, titles = [], []
+    for image, label, picture in zip(images, labels, pictures, strict=True):
+        present = [names[c] if c < len(names) else str(c) for c in torch.unique(label).tolist()
+                   if c != 0]
+        cells += [image, picture.float() / 255]
+        titles += ["image", ", ".join(present[:2]) + (" ..." if len(present) > 2 else "")]
+    return _draw(torch.stack(cells), titles, names, path)
 
 
 def _displayable(image: torch.Tensor) -> torch.Tensor:

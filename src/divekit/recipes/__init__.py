@@ -79,6 +79,7 @@ from divekit.recipes import (  # noqa: E402, F401  (registration)
     finetune,
     language,
     scratch,
+    segmentation,
     sequence,
     translation,
     zoo,

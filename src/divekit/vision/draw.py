@@ -1,5 +1,6 @@
 """14.3 Bounding boxes drawn on images: detections, ground truth, anchors (d2l's
-``show_bboxes``), with class captions, scores and translucent instance masks.
+``show_bboxes``), with class captions, scores and translucent instance masks; 14.9 per-pixel
+class maps over their images.
 
     picture = draw_detections(image, boxes, labels, scores, class_names=names)
     save_image(picture, "boxes.png")
@@ -182,6 +183,43 @@ def _draw_caption(draw: ImageDraw.ImageDraw, font, text: str, x: float, y: float
     luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
     draw.text((tx + 2 - left, ty + 2 - top), text, font=font,
               fill=(0, 0, 0) if luma > 140 else (255, 255, 255))
+
+
+def draw_segmentation(image: torch.Tensor | np.ndarray, labels: torch.Tensor,
+                      colors: Sequence[tuple[int, int, int]],
+                      class_names: Sequence[str] | None = None, background: int | None = 0,
+                      opacity: float = MASK_OPACITY) -> np.ndarray:
+    """A per-pixel class map over its image (14.9), with a legend of the classes shown.
+
+    Args:
+        image: see :func:`to_pixels`.
+        labels: ``(H, W)`` class indices, the image's size (255, VOC's "void", is not drawn).
+        colors: one RGB colour per class (e.g. the VOC palette).
+        class_names: names for the legend (default: the indices).
+        background: the class left undrawn (``None``: every class is painted).
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+    """
+    pixels = to_pixels(image)
+    labels = torch.as_tensor(labels).cpu()
+    if labels.shape != pixels.shape[:2]:
+        raise DivekitError(f"labels must be (H, W) = {pixels.shape[:2]}, the image's size, got "
+                           f"{tuple(labels.shape)}")
+    shown = [c for c in torch.unique(labels).tolist()
+             if c != background and 0 <= c < len(colors)]
+    masks = torch.stack([labels == c for c in shown]) if shown else torch.zeros(0, *labels.shape)
+    picture = Image.fromarray(blend_masks(pixels, masks, [colors[c] for c in shown], opacity))
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    top = 0
+    for c in shown:
+        text = class_names[c] if class_names and c < len(class_names) else str(c)
+        _, text_top, _, text_bottom = draw.textbbox((0, 0), text, font=font)
+        tag_height = text_bottom - text_top + 4
+        # A caption sits just above its y: the legend stacks tags from the top-left corner.
+        _draw_caption(draw, font, text, 0, top + tag_height, tuple(colors[c]), picture.size)
+        top += tag_height + 2
+    return np.asarray(picture)
 
 
 def save_image(image: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
