@@ -310,3 +310,12 @@ def test_ema_averages_a_tied_weight_once(blob_data):
     trained = recorder.steps[0]["1.weight"]
     torch.testing.assert_close(trainer.model[1].weight, 0.1 * start + 0.9 * trained)
     assert trainer.model[1] is trainer.model[3]
+
+
+def test_atomic_writes_give_files_the_permissions_of_a_plain_write(tmp_path):
+    from divekit.engine.checkpoint import replace_file
+
+    (tmp_path / "plain.txt").write_text("x")
+    replace_file(tmp_path / "atomic.txt", "w", lambda f: f.write("x"))
+    plain, atomic = ((tmp_path / name).stat().st_mode for name in ("plain.txt", "atomic.txt"))
+    assert atomic == plain  # not mkstemp's owner-only 0600

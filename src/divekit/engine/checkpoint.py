@@ -28,13 +28,20 @@ def write_atomically(path: Path, text: str) -> None:
 
 def replace_file(path: Path, mode: str, write: Callable[[Any], Any]) -> None:
     """Write through ``write(file)`` to a temporary file in the same folder, flush it to disk,
-    then rename it over ``path`` (atomic on POSIX and Windows)."""
+    then rename it over ``path`` (atomic on POSIX and Windows).
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (``mkstemp``'s
+    temporary files are private to their owner, which a checkpoint or picture need not be).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
