@@ -217,6 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--data-dir")
     segment.add_argument("--device", default="auto")
 
+    style = commands.add_parser(
+        "style-transfer", help="paint a photo in the style of another image (d2l 14.12)",
+        description="Neural style transfer: the synthesised image, initialised from CONTENT, is "
+        "trained so that its features keep CONTENT's and its Gram matrices take STYLE's. "
+        "Features come from VGG-19 with --weights (torchvision's vgg19 state dict), else "
+        "from a seeded random multi-scale network.")
+    style.add_argument("content", type=Path)
+    style.add_argument("style", type=Path)
+    style.add_argument("--out", type=Path, default=Path("styled.png"), metavar="PNG")
+    style.add_argument("--steps", type=_positive_int, default=500)
+    style.add_argument("--size", type=_shape, default=(300, 450), metavar="HxW",
+                       help="size of the result; both images are resized to it (default 300x450)")
+    style.add_argument("--weights", type=Path, metavar="FILE",
+                       help="torchvision VGG-19 state dict; default: seeded random features")
+    style.add_argument("--run-dir", type=Path,
+                       help="keep the image every --save-every steps, losses.csv, losses.png")
+    style.add_argument("--save-every", type=_positive_int, default=50)
+    style.add_argument("--lr", type=_positive_float, default=0.3)
+    style.add_argument("--seed", type=int, default=0)
+    style.add_argument("--device", default="auto")
+
     anchors = commands.add_parser(
         "anchors", help="draw anchor boxes on an image (d2l 14.4, 14.5)",
         description="Draw the anchor boxes of one pixel (sizes x the first ratio, then the "
@@ -345,6 +366,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                                                 args.checkpoint, args.data_dir, args.device,
                                                 **options), strict=True):
             print(f"{path}: {line}")
+        return 0
+    if args.command == "style-transfer":
+        from divekit.vision.style import run_style_transfer
+
+        run_style_transfer(args.content, args.style, args.out, size=args.size, steps=args.steps,
+                           weights_file=args.weights, save_every=args.save_every,
+                           run_dir=args.run_dir, lr=args.lr, seed=args.seed, device=args.device)
         return 0
     if args.command == "anchors":
         from divekit.vision.figures import anchor_figure
