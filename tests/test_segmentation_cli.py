@@ -61,3 +61,24 @@ def test_draw_segmentation_paints_classes_and_leaves_background_clear():
     assert (drawn[15, 25] == (50, 50, 178)).all()  # (100 + 255) / 2 rounded in blue
     assert (drawn[5, 15] == 100).all() and (drawn[0, 29] == 100).all()
     assert (drawn[:8, :8] != 100).any()  # the legend tag of class "b"
+
+
+def test_train_on_voc_files_with_random_crops_then_segment(capsys, tmp_path):
+    # The book's pipeline end to end on VOC2012-layout files the test writes: random 16x24
+    # training crops of larger images, centre crops to evaluate, 255 ignored.
+    from tests.data.test_segmentation_data import random_pair, voc_layout
+
+    rng = np.random.default_rng(0)
+    splits = {"train": {f"t{i}": random_pair(rng, 20 + i, 30 + i) for i in range(6)},
+              "val": {f"v{i}": random_pair(rng, 18, 26) for i in range(2)}}
+    voc = voc_layout(tmp_path / "data", splits)
+    run = tmp_path / "run"
+    status, out, err = cli(capsys, "train", "fcn-cpu", "--data", "voc-segmentation", "--data-dir",
+                           tmp_path / "data", "-D", "crop=16x24",
+                           "-M", "widths=[8, 8, 8]", "--batch-size", 3, "--epochs", 2, "--out",
+                           run, "--quiet")
+    assert status == 0, err
+    assert " miou " in out.strip().splitlines()[-1]
+    status, out, _ = cli(capsys, "segment", run, voc / "JPEGImages" / "v0.jpg", "--out",
+                         tmp_path / "v0.png", "--data-dir", tmp_path / "data")
+    assert status == 0 and drawn_pixels(tmp_path / "v0.png").shape == (18, 26, 3)

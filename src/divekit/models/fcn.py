@@ -134,18 +134,20 @@ def fcn(num_classes: int = 21, image_size: int = 320) -> nn.Module:
 def fcn_cpu(num_classes: int = 7, image_size: int = 128,
             widths: tuple[int, ...] = (32, 64, 128), depths: tuple[int, ...] = (1, 1, 1)
             ) -> nn.Module:
-    """FCN with skips on a CPU-sized ResNet: scores at strides 16, 8 and 4 fused, 4x upsampling.
+    """FCN with skips on a CPU-sized ResNet: every stage's scores fused, 4x upsampling.
 
     Args:
         num_classes: pixel classes including background (the scenes' 7).
         image_size: picks the backbone's stem (the ImageNet stem, stride 4, from 96 pixels up;
             below, the stride-1 small-image stem).
-        widths, depths: channels and basic blocks of the three stages.
+        widths, depths: channels and basic blocks of each stage (at least two); each stage
+            after the first halves the resolution, and all but the last add skip scores.
     """
-    if len(widths) != 3:
-        raise DivekitError(f"fcn-cpu has three stages, got widths {widths}")
+    if len(widths) < 2 or len(widths) != len(depths):
+        raise DivekitError(f"fcn-cpu needs at least two stages and a depth for each, got "
+                           f"widths {widths} and depths {depths}")
     net = resnet_cpu(num_classes=1, in_channels=3, image_size=image_size, widths=widths,
                      depths=depths)
     stem_stride = 4 if image_size >= 96 else 1
     stages = {f"layer{i + 1}": (width, stem_stride * 2**i) for i, width in enumerate(widths)}
-    return FCN(_stages(net), stages, num_classes, skips=("layer1", "layer2"))
+    return FCN(_stages(net), stages, num_classes, skips=tuple(stages)[:-1])
