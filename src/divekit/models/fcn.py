@@ -10,9 +10,10 @@ class per pixel for an input of any size.
 * ``fcn``: the course's FCN (FCN-32s): ResNet-18 in torchvision's layout (``--weights`` loads
   torchvision's ImageNet file ``resnet18-f37072fd.pth``; its ``fc`` is dropped), a 1x1
   convolution and a 32x upsampling; the ``fcn-voc`` recipe trains it with the book's settings.
-* ``fcn-cpu``: the paper's skip architecture (FCN-8s, here "FCN-4s") on a CPU-sized ResNet:
-  scores from the last stage are upsampled 2x and added to scores from the stage before it,
-  twice, and the sum, at stride 4, is upsampled 4x. The coarse stride-32 map of FCN-32s cannot
+* ``fcn-cpu``: the paper's skip architecture (FCN-8s, here "FCN-4s") on a CPU-sized ResNet
+  (four stages of one basic block, 32 to 256 wide): scores from the last stage are upsampled
+  2x and added to scores from the stage before it, three times, and the sum, at stride 4, is
+  upsampled 4x. The coarse stride-32 map of FCN-32s cannot
   draw the corners of a 13-pixel star on a 128x128 image; the paper's skips restore the detail
   (its FCN-8s gains 3 mean-IoU points over FCN-32s on VOC).
 
@@ -130,11 +131,11 @@ def fcn(num_classes: int = 21, image_size: int = 320) -> nn.Module:
 
 
 @register_model("fcn-cpu", family="fcn", section=SECTION, task="segmentation",
-                input_shape=(3, 128, 128), params=317_514)
+                input_shape=(3, 128, 128), params=1_239_144)
 def fcn_cpu(num_classes: int = 7, image_size: int = 128,
-            widths: tuple[int, ...] = (32, 64, 128), depths: tuple[int, ...] = (1, 1, 1)
+            widths: tuple[int, ...] = (32, 64, 128, 256), depths: tuple[int, ...] = (1, 1, 1, 1)
             ) -> nn.Module:
-    """FCN with skips on a CPU-sized ResNet: every stage's scores fused, 4x upsampling.
+    """FCN with skips on a CPU-sized ResNet: scores at strides 32 to 4 fused, 4x upsampling.
 
     Args:
         num_classes: pixel classes including background (the scenes' 7).

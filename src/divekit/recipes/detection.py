@@ -40,8 +40,8 @@ add_recipe(Recipe(
 add_recipe(Recipe(
     "faster-rcnn-scenes", "14.8 Region-based CNNs (Faster R-CNN)",
     "Faster R-CNN (stride-8 ResNet features, RPN, RoIAlign head) on generated scenes, AdamW "
-    "lr 1e-3 with warm-up and cosine decay, batch 4, flips, 6 epochs",
-    _scenes("faster-rcnn", 6, 1e-3, 4, weight_decay=1e-4, schedule="cosine",
+    "lr 1e-3 with warm-up and cosine decay, batch 4, flips, 20 epochs",
+    _scenes("faster-rcnn", 20, 1e-3, 4, weight_decay=1e-4, schedule="cosine",
             warmup_epochs=0.2, width=16, representation_size=128),
     target="held-out mAP@0.5 >= 0.8 within 15 minutes on a 2-core CPU",
 ))
