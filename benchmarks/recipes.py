@@ -23,6 +23,12 @@ TARGETS = {
     "resnet-cpu-fashion-mnist": ("test_acc", operator.ge, 0.92, 600),
     "densenet-cpu-fashion-mnist": ("test_acc", operator.ge, 0.91, 600),
     "timemachine-char-fast": ("test_ppl", operator.le, 3.8, 300),
+    "tiny-ssd-bananas": ("test_map_50", operator.ge, 0.95, 600),
+    "ssd-scenes": ("test_map_50", operator.ge, 0.8, 900),
+    "yolox-scenes": ("test_map_50", operator.ge, 0.8, 900),
+    "faster-rcnn-scenes": ("test_map_50", operator.ge, 0.8, 900),
+    "mask-rcnn-scenes": ("test_mask_map_50", operator.ge, 0.7, 900),
+    "fcn-scenes": ("test_miou", operator.ge, 0.8, 600),
 }
 
 
@@ -36,7 +42,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as folder:
             history, test = experiment.train(recipe.run_config(), Path(folder), progress=False)
         seconds = sum(history.column("train_time"))
-        metric = next(key for key in ("test_acc", "test_ppl", "test_loss") if key in test)
+        metric = next(key for key in ("test_acc", "test_ppl", "test_mask_map_50", "test_map_50",
+                                      "test_miou", "test_loss") if key in test)
         verdict = ""
         if name in TARGETS:
             key, compare, bound, budget = TARGETS[name]

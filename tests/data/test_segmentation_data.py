@@ -361,3 +361,16 @@ def test_scenes_segmentation_flips_move_labels_with_pixels(scenes):
             flipped.append(True)
     assert 0 < len(flipped) < len(images)
 
+
+
+def test_the_shared_voc_folder_has_no_masks_and_the_error_says_how_to_get_them():
+    # ../shared/data's VOC2012 holds detection files only (no SegmentationClass); the loader
+    # must say where the segmentation files go and where they come from, in one line.
+    from tests.conftest import real_data_dir
+
+    root = real_data_dir("pascal-voc-mini")
+    with pytest.raises(DataError) as error:
+        load_data("voc-segmentation", data_dir=str(root))
+    message = str(error.value)
+    assert "\n" not in message and "VOCtrainval_11-May-2012.tar" in message
+    assert str(root / "voc2012") in message
