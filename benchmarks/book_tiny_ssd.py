@@ -14,7 +14,8 @@ Measures training images per second on the same 1,000 generated banana images (2
    example, as the book's ``BananasDataset`` does) with labels ``(1, 5)`` divided by 256, SGD
    lr 0.2, wd 5e-4, batch 32, fp32.
 2. divekit: ``Trainer`` with ``tiny-ssd`` on ``load_data("bananas")`` (same images, same
-   settings), fp32, and in bf16 autocast when asked (``--amp``).
+   settings, as the ``tiny-ssd-bananas`` recipe: ``channels_last``), fp32, and in bf16
+   autocast when asked (``--amp``).
 
 Timing: each side trains ``--epochs`` epochs (the first one also warms up and is not counted
 when more than one is run); the table shows the median images/s of the counted epochs and the
@@ -266,7 +267,7 @@ def divekit_epochs(epochs: int, amp: str) -> list[float]:
     model = dk.create_model("tiny-ssd", data=data)
     timer = EpochTimer(len(data.train))
     trainer = dk.Trainer(max_epochs=epochs, lr=0.2, weight_decay=5e-4, amp=amp,
-                         progress=False, callbacks=[timer], seed=0)
+                         channels_last=True, progress=False, callbacks=[timer], seed=0)
     trainer.fit(model, data)
     return timer.rates
 
@@ -281,9 +282,9 @@ def main() -> None:
     images, targets = generate_bananas(1000, seed=0)
     counted = slice(1, None) if args.epochs > 1 else slice(None)
     rows = [("book loop (plain PyTorch)", book_epochs(images, targets, args.epochs)[counted]),
-            ("divekit fp32", divekit_epochs(args.epochs, "off")[counted])]
+            ("divekit fp32 channels_last", divekit_epochs(args.epochs, "off")[counted])]
     if args.amp:
-        rows.append(("divekit bf16", divekit_epochs(args.epochs, "bf16")[counted]))
+        rows.append(("divekit bf16 channels_last", divekit_epochs(args.epochs, "bf16")[counted]))
     print(f"\nTinySSD training on 1,000 generated bananas, batch 32; {cpu_name()}, "
           f"{args.threads} threads, torch {torch.__version__}")
     book = statistics.median(rows[0][1])

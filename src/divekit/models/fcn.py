@@ -133,7 +133,7 @@ def fcn(num_classes: int = 21, image_size: int = 320) -> nn.Module:
 @register_model("fcn-cpu", family="fcn", section=SECTION, task="segmentation",
                 input_shape=(3, 128, 128), params=1_239_144)
 def fcn_cpu(num_classes: int = 7, image_size: int = 128,
-            widths: tuple[int, ...] = (32, 64, 128, 256), depths: tuple[int, ...] = (1, 1, 1, 1)
+            widths: tuple[int, ...] = (32, 64, 128, 256), depths: tuple[int, ...] | None = None
             ) -> nn.Module:
     """FCN with skips on a CPU-sized ResNet: scores at strides 32 to 4 fused, 4x upsampling.
 
@@ -141,9 +141,11 @@ def fcn_cpu(num_classes: int = 7, image_size: int = 128,
         num_classes: pixel classes including background (the scenes' 7).
         image_size: picks the backbone's stem (the ImageNet stem, stride 4, from 96 pixels up;
             below, the stride-1 small-image stem).
-        widths, depths: channels and basic blocks of each stage (at least two); each stage
-            after the first halves the resolution, and all but the last add skip scores.
+        widths, depths: channels and basic blocks (default one) of each stage, at least two
+            stages; each stage after the first halves the resolution, and all but the last add
+            skip scores.
     """
+    depths = (1,) * len(widths) if depths is None else depths
     if len(widths) < 2 or len(widths) != len(depths):
         raise DivekitError(f"fcn-cpu needs at least two stages and a depth for each, got "
                            f"widths {widths} and depths {depths}")
