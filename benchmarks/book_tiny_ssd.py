@@ -234,7 +234,7 @@ def book_epochs(images, targets, epochs: int) -> list[float]:
             metric += torch.tensor([
                 float((cls_preds.argmax(dim=-1).type(cls_labels.dtype) == cls_labels).sum()),
                 cls_labels.numel(),
-                float((torch.abs((bbox_labels - bbox_preds) * bbox_masks)).sum()),
+                float((torch.abs((bbox_labels - bbox_preds.detach()) * bbox_masks)).sum()),
                 bbox_labels.numel()])
             seen += len(X)
         rates.append(seen / (time.perf_counter() - start))
