@@ -79,13 +79,21 @@ def show_batch(
                            f"has inputs of shape {tuple(inputs.shape)} ({data.task} data)")
     pick = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))[:n]
     images, labels = inputs[pick].float(), targets[pick]
+    images, labels = _augmented(images, labels, augment, data, seed)
+    return _draw(images.detach().cpu(), labels.detach().cpu(), data.class_names, Path(path))
+
+
+def _augmented(images: torch.Tensor, targets, augment: str | Callable | None, data: DataModule,
+               seed: int) -> tuple[torch.Tensor, object]:
+    """``images`` and their targets through ``augment`` (a spec or a callable), seeded by
+    ``seed`` without disturbing torch's global generator."""
     if isinstance(augment, str):
         augment = parse_augment(augment, num_classes=data.num_classes, seed=seed)
-    if augment is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            images, labels = augment(images, labels)
-    return _draw(images.detach().cpu(), labels.detach().cpu(), data.class_names, Path(path))
+    if augment is None:
+        return images, targets
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return augment(images, targets)
 
 
 def _show_detection(data: DataModule, path: Path, augment: str | Callable | None, n: int,
@@ -95,12 +103,7 @@ def _show_detection(data: DataModule, path: Path, augment: str | Callable | None
 
     pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
     images, targets = (data.collate_fn or detection_collate)([split[i] for i in pick.tolist()])
-    if isinstance(augment, str):
-        augment = parse_augment(augment, seed=seed)
-    if augment is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            images, targets = augment(images, targets)
+    images, targets = _augmented(images, targets, augment, data, seed)
     drawn = [torch.from_numpy(draw_detections(image, target["boxes"], target["labels"],
                                               masks=target.get("masks"),
                                               class_names=data.class_names)).permute(2, 0, 1)
@@ -122,12 +125,7 @@ def _show_segmentation(data: DataModule, path: Path, augment: str | Callable | N
         images, labels = map(torch.stack, zip(*[split[i] for i in pick.tolist()], strict=True))
     else:
         images, labels = split[0][pick].float(), split[1][pick]
-    if isinstance(augment, str):
-        augment = parse_augment(augment, seed=seed)
-    if augment is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            images, labels = augment(images, labels)
+    images, labels = _augmented(images, labels, augment, data, seed)
     pictures = colorize(labels, getattr(data, "colormap", VOC_COLORMAP)).permute(0, 3, 1, 2)
     names = data.class_names
     cells, titles = [], []
