@@ -65,7 +65,7 @@ def test_list(capsys):
     assert "lenet-fashion-mnist" in cli(capsys, "list", "recipes")[1]
     lines = cli(capsys, "list", "models", "mlp*")[1].splitlines()
     assert [line.split()[0] for line in lines] == ["mlp", "mlp-dropout", "mlp-dropout-scratch",
-                                                   "mlp-scratch"]
+                                                   "mlp-regression", "mlp-scratch"]
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--label-smoothing", type=float)
     add("--ema", type=float, metavar="DECAY", help="evaluate and keep a moving average of the "
         "weights, e.g. 0.99 (smooths the noise of a high constant learning rate); 0 = none")
+    add("--limit-batches", type=_positive_int, metavar="N",
+        help="train and evaluate on only the first N batches of every epoch (a smoke run)")
+    add("--overfit-batches", type=_positive_int, metavar="N",
+        help="train on the same N batches every epoch and evaluate on them: a model that "
+             "cannot overfit them has a bug")
     add("--early-stopping", type=_positive_int, metavar="PATIENCE",
         help="stop after this many epochs without improvement")
     add("--monitor", metavar="METRIC", help="the metric that picks the best checkpoint, e.g. "
@@ -176,9 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict with a run's checkpoint: for an image classifier, the most "
         "probable classes of each image with their probabilities.")
     predict.add_argument("run_dir", type=Path)
-    predict.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
-                         help="input files, e.g. images")
+    predict.add_argument("inputs", type=Path, nargs="*", metavar="INPUT",
+                         help="input files: images, or CSV tables for a tabular run")
     predict.add_argument("--top", type=_positive_int, default=3, help="classes to show")
+    predict.add_argument("--data", metavar="DATASET", help="tabular runs: predict the "
+                         "dataset's rows without targets (e.g. Kaggle's test file)")
+    predict.add_argument("--out", type=Path, metavar="CSV", help="tabular runs: write "
+                         "id,target rows here (the Kaggle submission format)")
     predict.add_argument("--checkpoint", choices=["best", "last"], default="best")
     predict.add_argument("--data-dir")
     predict.add_argument("--device", default="auto")
@@ -350,7 +359,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         metrics = experiment.evaluate_run(args.run_dir, args.checkpoint, args.data_dir, args.device)
         print(_final_line(metrics))
         return 0
+    if args.command == "predict" and (args.out or args.data):
+        if args.out is None:
+            raise DivekitError("--data predicts into a CSV file: add --out FILE.csv")
+        for line in experiment.predict_table(args.run_dir, args.out, args.inputs, args.data,
+                                             args.checkpoint, args.data_dir, args.device):
+            print(line)
+        return 0
     if args.command == "predict":
+        if not args.inputs:
+            raise DivekitError("give input files to predict (e.g. images)")
         lines = experiment.predict_files(args.run_dir, args.inputs, args.checkpoint,
                                          args.data_dir, args.device, top=args.top)
         for path, line in zip(args.inputs, lines, strict=True):

@@ -38,6 +38,8 @@ class TrainerSettings:
     grad_clip: float | None = None
     accumulate: int = 1
     ema: float | None = None
+    limit_batches: int | None = None
+    overfit_batches: int | None = None
     early_stopping: int | None = None
     monitor: str | None = None
     mode: str | None = None

@@ -118,9 +118,10 @@ def load_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = Non
     """A run's Trainer (settings and task), data and model with the checkpoint's weights
     (the weight average when the run kept one)."""
     config = RunConfig.read(run_dir)
-    # Only evaluating: on this device, and nothing is written into the run directory.
+    # Only evaluating: on this device, every batch, and nothing is written into the run folder.
     config.trainer = dataclasses.replace(config.trainer, device=device, tensorboard=False,
-                                         checkpoint_every=None)
+                                         checkpoint_every=None, limit_batches=None,
+                                         overfit_batches=None)
     trainer = trainer_for(config, progress=False)
     state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
     data, model = build(config, data_dir, pretrained=False)
@@ -149,6 +150,39 @@ def predict_files(run_dir: Path, paths: list[Path], checkpoint: str = "best",
     inputs = torch.stack([data.read_input(Path(path)) for path in paths])
     outputs = trainer.predict(model, inputs)
     return trainer.task.describe(outputs, data, top=top)
+
+
+def predict_table(run_dir: Path, out: Path, paths: list[Path], dataset: str | None = None,
+                  checkpoint: str = "best", data_dir: str | None = None,
+                  device: str = "auto") -> list[str]:
+    """Predictions of a tabular run for the rows of CSV files, or (``dataset``) for the rows
+    its data holds without targets (Kaggle's test file), written to ``out`` as ``id,target``
+    in the target's own units (the competition's submission format). Returns what to print."""
+    from divekit.data.tabular import TabularData, read_table
+
+    trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
+    if not isinstance(data, TabularData):
+        raise DivekitError(f"{run_dir} is a {data.task} run on {data.name!r}; predictions to a "
+                           f"CSV file are for tabular runs (kaggle-house, csv)")
+    tables = [(str(path), read_table(Path(path), "input file")) for path in paths]
+    if dataset is not None:
+        if dataset != data.name:
+            raise DivekitError(f"{run_dir} was trained on {data.name!r}, not {dataset!r}; give "
+                               f"--data {data.name} or CSV files of its columns")
+        if data.unlabelled is None:
+            raise DivekitError(f"dataset {data.name!r} has no rows without targets to predict; "
+                               f"give CSV files instead")
+        tables.insert(0, (f"{data.name}'s test rows", data.unlabelled))
+    if not tables:
+        raise DivekitError("give CSV files of rows to predict, or --data DATASET for the "
+                           "dataset's own rows without targets")
+    import pandas as pd
+
+    frame = pd.concat([table for _, table in tables], ignore_index=True)
+    inputs = torch.cat([data.inputs_of(table, source) for source, table in tables])
+    path = data.write_predictions(frame, trainer.predict(model, inputs), Path(out))
+    return [f"wrote {len(frame)} predictions of {data.target} ({data.id_column or 'row'},"
+            f"{data.target}) from {', '.join(source for source, _ in tables)} to {path}"]
 
 
 def generate_text(run_dir: Path, prefix: str, num_tokens: int, checkpoint: str = "best",

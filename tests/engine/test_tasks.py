@@ -306,3 +306,16 @@ def test_fit_takes_plain_torch_dataloaders_and_shuffles_them_by_epoch():
     history = trainer.fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), data)
     assert epochs_seen == [0, 1, 2]
     assert history.last["test_acc"] > 0.9
+
+
+def test_regression_rmse_is_the_root_of_the_mean_squared_error_over_the_split():
+    x, y = regression_data(61, 2)
+    y = y[:, :1]
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    trainer = dk.Trainer(task="regression", progress=False)
+    metrics = trainer.evaluate(model, dk.TensorLoader(x, y, batch_size=16))  # 16, 16, 16, 13
+    with torch.no_grad():
+        expected = ((model(x) - y) ** 2).mean().sqrt().item()
+    assert metrics["test_rmse"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["test_loss"] == pytest.approx(expected ** 2, rel=1e-5)

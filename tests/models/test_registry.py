@@ -20,6 +20,7 @@ EXPECTED_PARAMETERS = {
     "softmax-regression": dense(784, 10),
     "mlp": dense(784, 256) + dense(256, 10),
     "mlp-dropout": dense(784, 256) + dense(256, 256) + dense(256, 10),
+    "mlp-regression": dense(8, 64) + dense(64, 1),
     "lenet": conv(1, 6, 5) + conv(6, 16, 5) + dense(400, 120) + dense(120, 84) + dense(84, 10),
     # BN adds a scale and a shift per channel / feature; its input is 16 x 4 x 4 (no padding).
     "lenet-bn": conv(1, 6, 5) + 12 + conv(6, 16, 5) + 32 + dense(256, 120) + 240

@@ -60,7 +60,7 @@ def recording_factory(seen, **settings):
 def test_cross_validate_logistic_regression_on_breast_cancer():
     data = load_tabular("breast-cancer")
     seen = []
-    result = cross_validate(lambda: nn.Linear(30, 2), data, 5,
+    result = cross_validate(lambda fold: nn.Linear(30, 2), data, 5,
                             recording_factory(seen, max_epochs=5, lr=0.1))
     folds = result["folds"]
     assert len(folds) == len(seen) == 5
@@ -85,7 +85,8 @@ def test_cross_validate_without_preprocessing_uses_the_fold_rows():
     data = DataModule("tiny", train=(x, y), test=(x[:4], y[:4]), batch_size=8,
                       class_names=["a", "b"])
     seen = []
-    result = cross_validate(lambda: nn.Linear(3, 2), data, 4, recording_factory(seen, max_epochs=1),
+    result = cross_validate(lambda fold: nn.Linear(3, 2), data, 4,
+                            recording_factory(seen, max_epochs=1),
                             seed=7, preprocess=None)
     assert len(result["folds"]) == 4
     for (train_index, valid_index), (_, fold) in zip(kfold_indices(40, 4, seed=7), seen,
@@ -94,4 +95,4 @@ def test_cross_validate_without_preprocessing_uses_the_fold_rows():
         assert torch.equal(fold.test[0], x[valid_index])
         assert torch.equal(fold.test[1], y[valid_index])
     with pytest.raises(DivekitError, match="k must be"):
-        cross_validate(lambda: nn.Linear(3, 2), data, 41, recording_factory(seen))
+        cross_validate(lambda fold: nn.Linear(3, 2), data, 41, recording_factory(seen))

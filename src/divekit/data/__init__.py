@@ -10,6 +10,7 @@ from divekit.data import (  # noqa: F401  (registration)
     segmentation,
     squad,
     synthetic,
+    tabular,
     tagging,
     text,
     translation,

@@ -17,7 +17,7 @@ def plot_history(history: list[dict], path: Path, max_panels: int = 4) -> Path:
     epochs = [row["epoch"] for row in history]
     kinds = ["loss"] + sorted({
         key.split("_", 1)[1] for key in history[0]
-        if key.startswith(("train_", "val_", "test_")) and key != "train_time"
+        if key.startswith(("train_", "val_", "test_", "overfit_")) and key != "train_time"
         and not key.split("_", 1)[1].startswith("loss")})[: max_panels - 1]
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.6), squeeze=False)
     for axis, kind in zip(axes[0], kinds, strict=True):

@@ -23,6 +23,7 @@ from torch import nn
 
 from divekit.config import TrainerSettings
 from divekit.engine import distributed
+from divekit.engine.batch_limits import FixedBatches, LimitedLoader, set_epoch
 from divekit.engine.callbacks import Callback, EarlyStopping
 from divekit.engine.checkpoint import (
     inference_weights,
@@ -86,6 +87,11 @@ class Trainer:
             weights too, for exact resume. ``0`` or ``None``: no average. Averaging removes
             the epoch-to-epoch noise of SGD at a high constant learning rate (Polyak &
             Juditsky 1992); the :class:`~divekit.engine.ema.WeightAverage` callback.
+        limit_batches: train and evaluate on only the first this many batches of every epoch
+            and split (a quick smoke run of the whole pipeline).
+        overfit_batches: train on the same this many batches every epoch (the first ones of
+            epoch 0, augmented once) and evaluate on them, reported as ``overfit_*``: a model
+            that cannot drive their loss towards zero has a bug.
         early_stopping: stop after this many epochs without improvement of ``monitor``.
         monitor: the metric that picks the best checkpoint: a full name (``"val_acc"``) or a
             metric of the per-epoch evaluation split (``"acc"``, ``"loss"``, ``"bleu"``);
@@ -126,6 +132,8 @@ class Trainer:
         grad_clip: float | None = None,
         accumulate: int = 1,
         ema: float | None = None,
+        limit_batches: int | None = None,
+        overfit_batches: int | None = None,
         early_stopping: int | None = None,
         monitor: str | None = None,
         mode: str | None = None,
@@ -146,6 +154,13 @@ class Trainer:
         if max_steps is not None:
             _check_positive_int("max_steps", max_steps)
         _check_positive_int("accumulate", accumulate)
+        for name, value in (("limit_batches", limit_batches), ("overfit_batches", overfit_batches)):
+            if value is not None:
+                _check_positive_int(name, value)
+        if limit_batches and overfit_batches:
+            raise DivekitError("give limit_batches or overfit_batches, not both: overfitting "
+                               "already uses only its own batches")
+        self.limit_batches, self.overfit_batches = limit_batches, overfit_batches
         if grad_clip is not None and not grad_clip > 0:
             raise DivekitError(f"grad_clip must be positive, got {grad_clip}")
         if mode not in (None, "max", "min"):
@@ -222,8 +237,14 @@ class Trainer:
         self.eval_split = "val" if eval_loader is not None else "test"
         if eval_loader is None:
             eval_loader = data.test_dataloader()
+        if self.overfit_batches:
+            self.train_loader = eval_loader = FixedBatches(self.train_loader,
+                                                           self.overfit_batches)
+            self.eval_split = "overfit"
+        elif self.limit_batches:
+            self.train_loader = LimitedLoader(self.train_loader, self.limit_batches)
         self.monitor = self.monitor_spec or self.task.monitor
-        if not self.monitor.startswith(("train_", "val_", "test_")):
+        if not self.monitor.startswith(("train_", "val_", "test_", "overfit_")):
             self.monitor = f"{self.eval_split}_{self.monitor}"
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
         self.optimizer = self._build_optimizer()
@@ -302,7 +323,10 @@ class Trainer:
         was_training = model.training
         model.eval()
         meters = SplitMeters(task, prefix, self.device)
-        for batch in self._shard(loader):
+        batches = self._shard(loader)
+        if self.limit_batches:
+            batches = islice(batches, self.limit_batches)
+        for batch in batches:
             batch = to_device(batch, self.device, self.channels_last)
             with autocast(self.device, self.amp):
                 output = task.step(model, batch)
@@ -342,7 +366,7 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def _train_epoch(self) -> dict[str, float]:
         self.model.train()
-        _set_epoch(self.train_loader, self.epoch)
+        set_epoch(self.train_loader, self.epoch)
         for callback in self.callbacks:
             callback.on_epoch_start(self)
         self._meters = SplitMeters(self.task, "train", self.device)
@@ -558,15 +582,6 @@ def _keyed(callbacks: Sequence[Callback]) -> dict[str, Callback]:
             key = f"{base}#{repeat}"
         keyed[key] = callback
     return keyed
-
-
-def _set_epoch(loader, epoch: int) -> None:
-    """Select the shuffle of ``epoch`` on a divekit loader or a DataLoader's sampler."""
-    for target in (loader, getattr(loader, "sampler", None),
-                   getattr(loader, "batch_sampler", None)):
-        if hasattr(target, "set_epoch"):
-            target.set_epoch(epoch)
-            return
 
 
 def _skip(loader, count: int) -> Iterator:

@@ -45,3 +45,22 @@ def mlp(
 def mlp_dropout(num_inputs: int = 784, num_classes: int = 10) -> nn.Module:
     """The course's dropout MLP: 784-256-256-10, dropout 0.2 then 0.5."""
     return mlp(num_inputs, num_classes, hidden=(256, 256), dropout=(0.2, 0.5))
+
+
+@register_model("mlp-regression", family="mlp", section="5.7 Predicting House Prices on Kaggle",
+                task="regression", input_shape=(8,), params=641)
+def mlp_regression(num_inputs: int = 8, hidden: tuple[int, ...] | int = 64,
+                   dropout: float | tuple[float, ...] = 0.0, num_outputs: int = 1,
+                   output_bias: float = 0.0) -> nn.Module:
+    """MLP regressor for tabular features: ReLU hidden layers (8-64-1 by default), one output.
+
+    Args:
+        hidden: width of each hidden layer.
+        dropout: drop probability after each hidden layer (one value, or one per layer).
+        output_bias: the output layer's initial bias; tabular data passes its training
+            targets' mean, so training starts at the mean prediction instead of spending its
+            first steps (and, with dropout, much of its capacity) on reaching it.
+    """
+    model = mlp(num_inputs, num_outputs, hidden=hidden, dropout=dropout)
+    nn.init.constant_(model[-1].bias, output_bias)
+    return model

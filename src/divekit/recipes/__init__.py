@@ -77,6 +77,7 @@ from divekit.recipes import (  # noqa: E402, F401  (registration)
     classic,
     detection,
     finetune,
+    kfold,
     language,
     scratch,
     segmentation,

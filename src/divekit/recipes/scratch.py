@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from divekit.data import DataModule
 from divekit.data.synthetic import TRUE_B, TRUE_W, synthetic_regression
 from divekit.engine import Trainer
 from divekit.optim import course
@@ -104,7 +105,7 @@ def gd_trajectories(out_dir: Path) -> dict[str, Any]:
 def kfold_breast_cancer(out_dir: Path) -> dict[str, Any]:
     data = load_tabular("breast-cancer", batch_size=32)
 
-    def logistic_regression() -> torch.nn.Module:
+    def logistic_regression(fold: DataModule) -> torch.nn.Module:
         return torch.nn.Linear(data.input_shape[0], 2)
 
     result = cross_validate(logistic_regression, data, k=5,
