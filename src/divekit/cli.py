@@ -176,6 +176,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue an interrupted run from its last checkpoint")
     _add_run_flags(train)
 
+    lr_find = commands.add_parser(
+        "lr-find", help="the learning-rate range test: a plot and a suggested --lr",
+        description="Train for at most --steps steps while the learning rate grows "
+        "exponentially from --min-lr to --max-lr, stop when the loss diverges, plot the "
+        "smoothed loss against the rate and suggest one (Smith 2017; fastai's lr_find). Takes "
+        "train's flags; nothing is trained for good and no run folder is written.")
+    lr_find.add_argument("model", help=f"model: {', '.join(MODELS.names())}")
+    _add_run_flags(lr_find)
+    lr_find.add_argument("--plot", type=Path, default=Path("lr_find.png"), metavar="PNG")
+    lr_find.add_argument("--min-lr", type=_positive_float, default=1e-7)
+    lr_find.add_argument("--max-lr", type=_positive_float, default=10.0)
+    lr_find.add_argument("--steps", type=_positive_int, default=100, help="at most this many")
+    lr_find.add_argument("--rule", choices=["valley", "steep"], default="valley",
+                         help="valley: 2/3 down the longest descent; steep: the steepest point")
+
+    interpret = commands.add_parser(
+        "interpret", help="error analysis of a run: confusion matrix, per-class scores, "
+        "highest-loss test examples (or tokens)")
+    interpret.add_argument("run_dir", type=Path)
+    interpret.add_argument("--top", type=_positive_int, default=16,
+                           help="highest-loss examples (tokens) to show")
+    interpret.add_argument("--out", type=Path, metavar="DIR", help="default: RUN_DIR/interpret")
+    interpret.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    interpret.add_argument("--data-dir")
+    interpret.add_argument("--device", default="auto")
+
     predict = commands.add_parser(
         "predict", help="the task's answer for input files, with a trained run",
         description="Predict with a run's checkpoint: for an image classifier, the most "
@@ -359,6 +385,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         metrics = experiment.evaluate_run(args.run_dir, args.checkpoint, args.data_dir, args.device)
         print(_final_line(metrics))
         return 0
+    if args.command == "lr-find":
+        return _lr_find(args)
+    if args.command == "interpret":
+        from divekit.interpret import interpret_run
+
+        for line in interpret_run(args.run_dir, args.out, args.top, args.checkpoint,
+                                  args.data_dir, args.device):
+            print(line)
+        return 0
     if args.command == "predict" and (args.out or args.data):
         if args.out is None:
             raise DivekitError("--data predicts into a CSV file: add --out FILE.csv")
@@ -492,6 +527,21 @@ def _train(config: RunConfig, args: argparse.Namespace, resume: bool = False,
         print(_final_line(test), flush=True)
         for line in report(Path(out)) if report is not None else ():
             print(line, flush=True)
+    return 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        raise DivekitError("lr-find writes no run folder; --plot PNG names its picture")
+    MODELS[args.model]  # noqa: B018  (an unknown name fails here, before any data is loaded)
+    config = _apply_flags(RunConfig(args.model), args)
+    trainer = experiment.trainer_for(config, progress=False)
+    data, model = experiment.build(config)
+    data.device = trainer.device
+    result = trainer.lr_find(model, data, min_lr=args.min_lr, max_lr=args.max_lr,
+                             num_steps=args.steps, rule=args.rule)
+    print(result.summary())
+    print(f"wrote {result.plot(args.plot)}")
     return 0
 
 

@@ -23,6 +23,7 @@ from divekit.errors import DivekitError
 
 COLUMNS = 8
 CELL_INCHES = (1.4, 1.6)  # width, height of one image with its title
+TITLE_LINE_INCHES = 0.16  # one more line of an 8-point title
 DPI = 100
 
 
@@ -80,7 +81,7 @@ def show_batch(
     pick = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))[:n]
     images, labels = inputs[pick].float(), targets[pick]
     images, labels = _augmented(images, labels, augment, data, seed)
-    return _draw(images.detach().cpu(), labels.detach().cpu(), data.class_names, Path(path))
+    return draw_grid(images.detach().cpu(), labels.detach().cpu(), data.class_names, Path(path))
 
 
 def _augmented(images: torch.Tensor, targets, augment: str | Callable | None, data: DataModule,
@@ -110,7 +111,7 @@ def _show_detection(data: DataModule, path: Path, augment: str | Callable | None
              for image, target in zip(images, targets, strict=True)]
     titles = [f"{len(target['boxes'])} object" + "s" * (len(target["boxes"]) != 1)
               for target in targets]
-    return _draw(torch.stack(drawn).float() / 255, titles, data.class_names, path)
+    return draw_grid(torch.stack(drawn).float() / 255, titles, data.class_names, path)
 
 
 def _show_segmentation(data: DataModule, path: Path, augment: str | Callable | None, n: int,
@@ -134,7 +135,7 @@ def _show_segmentation(data: DataModule, path: Path, augment: str | Callable | N
                    if c != 0]
         cells += [image, picture.float() / 255]
         titles += ["image", ", ".join(present[:2]) + (" ..." if len(present) > 2 else "")]
-    return _draw(torch.stack(cells), titles, names, path)
+    return draw_grid(torch.stack(cells), titles, names, path)
 
 
 def _displayable(image: torch.Tensor) -> torch.Tensor:
@@ -145,16 +146,30 @@ def _displayable(image: torch.Tensor) -> torch.Tensor:
     return image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
 
 
-def _draw(images: torch.Tensor, labels: torch.Tensor | list[str], class_names: list[str],
-          path: Path) -> Path:
+def draw_grid(images: torch.Tensor, labels: torch.Tensor | list[str], class_names: list[str],
+              path: Path, title_lines: int = 1) -> Path:
+    """Draw images in a grid of at most ``COLUMNS`` per row, each with a title, into a PNG.
+
+    Args:
+        images: ``(N, C, H, W)`` with 1 or 3 channels; values outside [0, 1] are rescaled.
+        labels: one title string per image, or labels turned into titles by
+            :func:`label_title`.
+        class_names: names for integer labels.
+        path: the PNG to write.
+        title_lines: lines in the longest title; each beyond the first makes the rows taller.
+
+    Returns:
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     rows, columns = grid_shape(len(images))
+    height = CELL_INCHES[1] + TITLE_LINE_INCHES * (title_lines - 1)
     fig, axes = plt.subplots(rows, columns, squeeze=False,
-                             figsize=(columns * CELL_INCHES[0], rows * CELL_INCHES[1]))
+                             figsize=(columns * CELL_INCHES[0], rows * height))
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(images):

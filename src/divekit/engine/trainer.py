@@ -36,6 +36,7 @@ from divekit.engine.device import autocast, select_device
 from divekit.engine.ema import WeightAverage
 from divekit.engine.finetune import param_groups
 from divekit.engine.history import History
+from divekit.engine.lr_finder import LRFinderResult, lr_find
 from divekit.engine.metrics import SplitMeters
 from divekit.engine.progress import ProgressReporter
 from divekit.engine.run_folder import RunFolder, TensorBoardLogger
@@ -288,6 +289,17 @@ class Trainer:
         if self.stop_reason:
             print(self.stop_reason, flush=True)
         return self.history
+
+    def lr_find(self, model: nn.Module, data, **options: Any) -> LRFinderResult:
+        """The learning-rate range test with these settings; the model, this Trainer and every
+        random generator are left as they were, so a following ``fit`` is unchanged.
+
+        Args:
+            options: ``min_lr``, ``max_lr``, ``num_steps``, ``beta`` (smoothing), ``diverge``
+                and ``rule`` (``"valley"`` or ``"steep"``): see
+                :func:`divekit.engine.lr_finder.lr_find`.
+        """
+        return lr_find(self, model, data, **options)
 
     def stop(self, reason: str) -> None:
         """Ask ``fit`` to stop after the current epoch (used by callbacks)."""
