@@ -94,11 +94,13 @@ def cross_validate(
             preprocessing on each fold's raw training rows) builds its own folds instead.
 
     Returns:
-        ``{"folds": [metrics, ...], "mean": metrics}``: each fold's last-epoch metrics (e.g.
-        ``train_loss``, ``valid_loss``, ``valid_acc``) and their mean over the folds.
+        ``{"folds": [metrics, ...], "mean": metrics, "histories": [History, ...]}``: each
+        fold's last-epoch metrics (e.g. ``train_loss``, ``valid_loss``, ``valid_acc``), their
+        mean over the folds, and each fold's per-epoch history (its ``test_*`` columns are the
+        validation fold's).
     """
     inputs, targets = data.train
-    results = []
+    results, histories = [], []
     for i, (train_index, valid_index) in enumerate(kfold_indices(len(inputs), k, seed)):
         if hasattr(data, "fold"):  # data that refits its own preprocessing (tabular rows)
             fold = data.fold(train_index, valid_index)
@@ -110,9 +112,10 @@ def cross_validate(
                                        test=(valid_x, targets[valid_index]))
         fold = dataclasses.replace(fold, name=f"{data.name}-fold{i + 1}of{k}")
         history = trainer_factory().fit(model_factory(fold), fold)
+        histories.append(history)
         results.append({_rename(key): value for key, value in history[-1].items()})
     mean = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
-    return {"folds": results, "mean": mean}
+    return {"folds": results, "mean": mean, "histories": histories}
 
 
 def _rename(key: str) -> str:
@@ -134,6 +137,7 @@ def kaggle_house_kfold(out_dir: Path, k: int = 5) -> dict[str, Any]:
     then each trained on all 1,460 rows into ``out_dir/linear`` and ``out_dir/mlp``, run
     folders that ``divekit predict RUN --data kaggle-house --out submission.csv`` reads."""
     results: dict[str, Any] = {}
+    first_folds = {}
     for label, config in (("linear", HOUSE_LINEAR), ("mlp", HOUSE_MLP)):
         data = load_data(config.data, config.batch_size, **config.data_options)
 
@@ -146,6 +150,7 @@ def kaggle_house_kfold(out_dir: Path, k: int = 5) -> dict[str, Any]:
         for i, fold in enumerate(folds["folds"], 1):
             print(f"{label} fold {i}: train log-rmse {fold['train_rmse']:.4f}, "
                   f"valid log-rmse {fold['valid_rmse']:.4f}", flush=True)
+        first_folds[label] = folds["histories"][0]
         results[f"{label}_valid_log_rmse_per_fold"] = [f["valid_rmse"] for f in folds["folds"]]
         results[f"{label}_mean_train_log_rmse"] = folds["mean"]["train_rmse"]
         results[f"{label}_mean_valid_log_rmse"] = folds["mean"]["valid_rmse"]
@@ -153,7 +158,35 @@ def kaggle_house_kfold(out_dir: Path, k: int = 5) -> dict[str, Any]:
         results[f"{label}_all_rows_train_log_rmse"] = final["test_rmse"]
         results[f"{label}_run"] = str(out_dir / label)
     results["book_linear_mean_train_valid_log_rmse"] = [HOUSE_BOOK["train"], HOUSE_BOOK["valid"]]
+    results["curves"] = str(plot_first_fold(first_folds, out_dir / "kfold.png"))
     return results
+
+
+def plot_first_fold(histories: dict[str, list[dict]], path: Path) -> Path:
+    """The course's figure: train and validation log-RMSE of the first fold against epoch
+    (log scale), one line pair per model."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from divekit.engine.plots import save_png
+
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for (label, history), colour in zip(histories.items(), ("tab:blue", "tab:orange"),
+                                        strict=False):
+        epochs = [row["epoch"] for row in history]
+        axis.plot(epochs, [row["train_rmse"] for row in history], color=colour,
+                  linestyle="--", label=f"{label} train")
+        axis.plot(epochs, [row["test_rmse"] for row in history], color=colour,
+                  label=f"{label} valid")
+    axis.set_yscale("log")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("log-RMSE (fold 1)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend()
+    fig.tight_layout()
+    return save_png(fig, path)
 
 
 add_recipe(Recipe(
