@@ -115,6 +115,7 @@ def test_train_writes_a_run_directory_and_eval_reproduces_it(tmp_path):
     assert float(last.split()[2]) == pytest.approx(test["test_acc"], abs=1e-4)
 
 
+@pytest.mark.slow  # ~26 s: three training processes
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     args = ["train", "lenet-bn", *FAST, "--epochs", "8", "--schedule", "cosine", "--seed", "2"]
     divekit(*args, "--out", tmp_path / "full")
@@ -137,6 +138,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     assert metric_rows(killed) == metric_rows(tmp_path / "full")
 
 
+@pytest.mark.slow  # ~26 s: three training processes
 def test_sigterm_checkpoints_the_step_and_resume_equals_the_uninterrupted_run(tmp_path):
     # A pre-empted job: SIGTERM mid-epoch, a one-line message, exit 128 + 15, then --resume.
     args = ["train", "lenet-bn", *FAST, "--epochs", "4", "--schedule", "cosine", "--seed", "3",
