@@ -84,3 +84,30 @@ class KillAtStartOf(Callback):
     def on_epoch_start(self, trainer):
         if trainer.epoch + 1 == self.epoch:
             raise KeyboardInterrupt
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_are_left_as_found(request):
+    """A test that leaves a SIGINT/SIGTERM handler behind would change how every later test
+    (and Ctrl-C) behaves: fail that test, and put the handlers back."""
+    import signal
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    changed = [signal.Signals(signum).name for signum, handler in before.items()
+               if signal.getsignal(signum) is not handler]
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+    assert not changed, f"{request.node.nodeid} left the {', '.join(changed)} handler changed"
+
+
+def cli(capsys, *args):
+    """Run the command in this process (fast); returns (exit status, stdout, stderr)."""
+    from divekit.cli import main
+
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit:
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err

@@ -6,6 +6,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,11 @@ from divekit import experiment
 from divekit.config import RunConfig
 from divekit.data import DATASETS, load_data, show_batch
 from divekit.data.augment import AUGMENT_GRAMMAR
+from divekit.data.registry import check_val_size
 from divekit.engine import distributed
 from divekit.engine.device import AMP_CHOICES
-from divekit.engine.signals import TrainingInterrupted
+from divekit.engine.run_folder import read_checkpoint
+from divekit.engine.signals import Interrupted, TrainingInterrupted, sigterm_as_interrupt
 from divekit.errors import DivekitError
 from divekit.models import MODELS, summary_for
 from divekit.optim import OPTIMIZERS, SCHEDULES
@@ -53,6 +56,31 @@ def _positive_float(text: str) -> float:
 
 
 _positive_float.__name__ = "positive number"
+
+
+def _val_size(text: str) -> float | int:
+    """A count (``500``) or a fraction (``0.1``), by the rule ``load_data`` applies."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = float(text)
+    try:
+        check_val_size(value)
+    except DivekitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+_val_size.__name__ = "number"
+
+
+def _run_dir(text: str) -> Path:
+    """A run directory: a folder, or a path where one can be made."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a run directory; give a "
+                                         "folder (new, or a run to resume)")
+    return path
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -118,6 +146,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--schedule", choices=SCHEDULES, metavar="NAME", help=f"one of {', '.join(SCHEDULES)}")
     add("--warmup-epochs", type=float, help="linear warm-up length in epochs")
     add("--grad-clip", type=_positive_float, help="clip the global gradient norm")
+    add("--stop-on-divergence", action="store_true", default=None,
+        help="stop (keeping the last good checkpoint) when the training loss grows past 100x "
+             "its first step's; otherwise only a warning")
     add("--accumulate", type=_positive_int, help="batches per optimizer step")
     add("--label-smoothing", type=float)
     add("--ema", type=float, metavar="DECAY", help="evaluate and keep a moving average of the "
@@ -144,19 +175,23 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="freeze parameters by name, e.g. 'layer[12].*' (repeatable)")
     add("--lr-mult", type=_lr_mult, action="append", metavar="PATTERN=X",
         help="learning rate x X for matching parameters, e.g. 'fc.*=10' (repeatable)")
-    add("--val-size", type=float, help="hold out this fraction (or count) of training data")
+    add("--val-size", type=_val_size, help="hold out this fraction (or count) of training data")
     add("--seed", type=int)
     add("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     add("--amp", choices=AMP_CHOICES, metavar="MODE", help=f"autocast: {', '.join(AMP_CHOICES)}")
     add("--channels-last", action="store_true", default=None, help="NHWC memory format")
     add("--compile", action="store_true", default=None, help="torch.compile the model")
-    add("--out", type=Path, metavar="RUN_DIR", help="run directory (default runs/MODEL-DATA-TIME)")
+    add("--out", type=_run_dir, metavar="RUN_DIR",
+        help="run directory (default runs/MODEL-DATA-TIME)")
+    add("--overwrite", action="store_true", default=None,
+        help="replace the run already in --out (its checkpoints and metrics are deleted)")
     add("--checkpoint-every", type=_positive_int, metavar="STEPS",
         help="also checkpoint every STEPS optimizer steps inside an epoch (a kill loses at most "
              "that many)")
     add("--tensorboard", action="store_true", default=None,
         help="write TensorBoard event files to RUN_DIR/tensorboard")
-    add("--quiet", action="store_true", help="no progress output, only the final line")
+    add("--quiet", action="store_true", help="print only the results: the final test line "
+        "(and a recipe's report); no run directory, progress or epoch lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,20 +397,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the ``divekit`` command; a user's mistake or a signal ends it with one line.
+
+    Returns:
+        0 on success, 2 for a :class:`DivekitError`, 128 + the signal's number for SIGINT
+        (130) and SIGTERM (143), which act alike everywhere, in ``fit`` and outside it.
+    """
     try:
-        return _dispatch(args)
+        with sigterm_as_interrupt():
+            return _dispatch(build_parser().parse_args(argv))
     except DivekitError as e:
         print(f"divekit: error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:  # SIGINT/SIGTERM: the step was finished and checkpointed
         print(f"divekit: {e}", file=sys.stderr)
         return 128 + e.signum
-    except KeyboardInterrupt:
-        print("divekit: interrupted; the last checkpoint is kept "
-              "(continue with `divekit train --resume RUN_DIR`)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # outside fit, or a second signal within it
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"divekit: stopped by {signal.Signals(signum).name}; files already written are "
+              "kept (a run with a checkpoint continues with `divekit train --resume RUN_DIR`)",
+              file=sys.stderr)
+        return 128 + signum
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -383,6 +425,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _list(args.what, args.pattern)
     if args.command == "eval":
         metrics = experiment.evaluate_run(args.run_dir, args.checkpoint, args.data_dir, args.device)
+        print(f"evaluated {read_checkpoint(args.run_dir, args.checkpoint)[1]}")
         print(_final_line(metrics))
         return 0
     if args.command == "lr-find":
@@ -476,9 +519,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.model is not None:
             raise DivekitError("give either a model or --resume RUN_DIR, not both")
+        if args.overwrite or (args.out is not None and args.out.resolve() != args.resume.resolve()):
+            flag = "--overwrite" if args.overwrite else "--out"
+            raise DivekitError(f"--resume continues the run in {args.resume}; {flag} does not "
+                               f"go with it (start a new run to write elsewhere)")
         config = RunConfig.read(args.resume)
+        resumed = _apply_flags(config, args)
+        _check_resume_changes(config, resumed, args.resume)
         args.out = args.resume
-        return _train(_apply_flags(config, args), args, resume=True)
+        return _train(resumed, args, resume=True)
     if args.model is None:
         raise DivekitError("name a model to train (see `divekit list models`) or --resume RUN_DIR")
     MODELS[args.model]  # noqa: B018  (an unknown name fails here, before any data is loaded)
@@ -516,13 +565,39 @@ def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     return config
 
 
+# What a resumed run may change: where and how long it runs, not what it computes.
+RESUMABLE_SETTINGS = {"max_epochs", "max_steps", "device", "checkpoint_every", "tensorboard"}
+FLAG_FOR_FIELD = {"model": "the model", "data_options": "-D/--data-option",
+                  "model_options": "-M/--model-option",
+                  "task_options": "-T/--task-option or --label-smoothing",
+                  "finetune": "--weights/--skip-weights/--freeze"}
+
+
+def _check_resume_changes(config: RunConfig, resumed: RunConfig, run_dir: Path) -> None:
+    """Refuse flags that would change what a resumed run computes (only where it runs, how
+    long, how it checkpoints and logs may change; ``--data-dir`` too)."""
+    before, after = config.to_dict(), resumed.to_dict()
+    changed = [(FLAG_FOR_FIELD.get(key, f"--{key.replace('_', '-')}"), key, before[key])
+               for key in before if key not in ("trainer", "data_dir")
+               and before[key] != after[key]]
+    changed += [(f"--{FLAG_FOR_SETTING.get(key, key).replace('_', '-')}", key, value)
+                for key, value in before["trainer"].items()
+                if key not in RESUMABLE_SETTINGS and value != after["trainer"][key]]
+    if changed:
+        flag, key, value = changed[0]
+        raise DivekitError(f"--resume continues a run as it was configured; {flag} cannot "
+                           f"change ({run_dir} has {key} {value!r}); start a new run with "
+                           f"--weights {run_dir} to fine-tune")
+
+
 def _train(config: RunConfig, args: argparse.Namespace, resume: bool = False,
            report: Callable[[Path], list[str]] | None = None) -> int:
     out = args.out or experiment.default_run_dir(config.model, config.data)
     main_process = distributed.world()[0] == 0  # under torchrun only rank 0 prints
-    if main_process:
+    if main_process and not args.quiet:
         print(f"run directory: {out}", flush=True)
-    _, test = experiment.train(config, Path(out), resume=resume, progress=not args.quiet)
+    _, test = experiment.train(config, Path(out), resume=resume, overwrite=bool(args.overwrite),
+                               progress=not args.quiet)
     if main_process:
         print(_final_line(test), flush=True)
         for line in report(Path(out)) if report is not None else ():

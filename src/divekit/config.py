@@ -36,6 +36,7 @@ class TrainerSettings:
     schedule: str = "constant"
     warmup_epochs: float = 0.0
     grad_clip: float | None = None
+    stop_on_divergence: bool = False
     accumulate: int = 1
     ema: float | None = None
     limit_batches: int | None = None
@@ -119,12 +120,13 @@ class RunConfig:
         # Written beside the settings for people to read; not settings themselves.
         for informational in ("task", "data_summary"):
             values.pop(informational, None)
-        trainer = values.get("trainer")
-        if isinstance(trainer, dict) and "label_smoothing" in trainer:
+        trainer, task_options = values.get("trainer"), values.get("task_options")
+        if isinstance(trainer, dict) and "label_smoothing" in trainer and (
+                task_options is None or isinstance(task_options, dict)):
             # Runs written before label smoothing became the classification task's option.
             trainer = dict(trainer)
             values["task_options"] = {"label_smoothing": trainer.pop("label_smoothing"),
-                                      **(values.get("task_options") or {})}
+                                      **(task_options or {})}
             values["trainer"] = trainer
         if values.get("finetune") is None:
             values.pop("finetune", None)

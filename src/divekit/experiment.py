@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +18,11 @@ from torch import nn
 
 from divekit.config import RunConfig
 from divekit.data import DATASETS, DataModule, load_data, parse_augment
-from divekit.engine import History, Trainer, create_task, load_checkpoint, seed_everything
-from divekit.engine.checkpoint import inference_weights, write_atomically
+from divekit.engine import History, Trainer, create_task, seed_everything
+from divekit.engine.checkpoint import inference_weights, load_weights_checked
 from divekit.engine.finetune import apply_finetune
+from divekit.engine.run_folder import claim, read_checkpoint, reconcile
+from divekit.engine.run_lock import RunLock
 from divekit.errors import DivekitError
 from divekit.models import create_model, model_info
 
@@ -65,21 +67,25 @@ def trainer_for(config: RunConfig, **engine: Any) -> Trainer:
     return Trainer(**settings, task=task, config=extra, **engine)
 
 
-def train(config: RunConfig, out_dir: Path, *, resume: bool = False,
+def train(config: RunConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
           data_dir: str | None = None, progress: bool = True) -> tuple[History, dict[str, float]]:
-    """Train the run ``config`` into ``out_dir``; returns the history and final test metrics."""
+    """Train the run ``config`` into ``out_dir``; returns the history and final test metrics.
+
+    The folder is locked for this process throughout; one holding another run is refused
+    unless ``resume`` (continue it) or ``overwrite`` (replace it) is given.
+    """
+    out_dir = Path(out_dir)
     # The Trainer checks its settings (device, amp, ...) before any data is read.
     trainer = trainer_for(config, out_dir=out_dir, progress=progress)
-    data, model = build(config, data_dir, pretrained=not resume)
-    data.device = trainer.device
-    if trainer.rank == 0:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        data.save_artifacts(Path(out_dir))
-    history = trainer.fit(model, data, resume=resume)
-    test = trainer.evaluate(model, data.test_dataloader(), prefix="test")
-    if trainer.rank == 0:
-        write_atomically(out_dir / "test_metrics.json", json.dumps(test, indent=2) + "\n")
-    return history, test
+    with RunLock(out_dir) if trainer.rank == 0 else contextlib.nullcontext():
+        if trainer.rank == 0:
+            claim(out_dir, resume, overwrite)  # before the data is read: a refusal is quick
+        data, model = build(config, data_dir, pretrained=not resume)
+        data.device = trainer.device
+        if trainer.rank == 0:
+            data.save_artifacts(out_dir)
+        history = trainer.fit(model, data, resume=resume, overwrite=overwrite)
+    return history, trainer.test_metrics
 
 
 def start_from_run(config: RunConfig, run_dir: Path) -> RunConfig:
@@ -116,16 +122,18 @@ def start_from_run(config: RunConfig, run_dir: Path) -> RunConfig:
 def load_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = None,
              device: str = "auto") -> tuple[Trainer, DataModule, nn.Module]:
     """A run's Trainer (settings and task), data and model with the checkpoint's weights
-    (the weight average when the run kept one)."""
+    (the weight average when the run kept one; a ``best.pt`` a kill left stale is read from
+    ``last.pt``, see :func:`~divekit.engine.run_folder.read_checkpoint`)."""
     config = RunConfig.read(run_dir)
     # Only evaluating: on this device, every batch, and nothing is written into the run folder.
     config.trainer = dataclasses.replace(config.trainer, device=device, tensorboard=False,
                                          checkpoint_every=None, limit_batches=None,
                                          overfit_batches=None)
     trainer = trainer_for(config, progress=False)
-    state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
+    state, _ = read_checkpoint(Path(run_dir), checkpoint)
     data, model = build(config, data_dir, pretrained=False)
-    model.load_state_dict(inference_weights(state))
+    load_weights_checked(model, inference_weights(state),
+                         Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
     data.device = trainer.device
     trainer.task.setup(data)
     return trainer, data, model
@@ -134,7 +142,18 @@ def load_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = Non
 def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = None,
                  device: str = "auto") -> dict[str, float]:
     """Test metrics of a finished or interrupted run's ``best`` or ``last`` checkpoint (with
-    per-class figures where the task has them, e.g. detection's AP per class)."""
+    per-class figures where the task has them, e.g. detection's AP per class).
+
+    First the folder is made to agree with its ``last.pt`` (after a kill), unless another
+    process is writing it or it cannot be written (a read-only copy): see
+    :func:`~divekit.engine.run_folder.reconcile`.
+    """
+    if (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        try:
+            with RunLock(run_dir):
+                reconcile(Path(run_dir))
+        except (DivekitError, OSError):
+            pass  # busy or read-only: the right weights are read all the same (load_run)
     trainer, data, model = load_run(run_dir, checkpoint, data_dir, device)
     if hasattr(trainer.task, "class_metrics"):
         trainer.task.class_metrics = True

@@ -1,3 +1,4 @@
+import gzip
 import hashlib
 import io
 import tarfile
@@ -252,3 +253,15 @@ def test_downloads_the_archive_when_the_network_is_reachable(tmp_path, monkeypat
         server.server_close()
     check_matches(data, arrays)
     assert (tmp_path / "cache" / "cifar-10" / cifar.ARCHIVE).is_file()
+
+
+def test_member_declaring_more_than_a_batch_is_refused_before_inflating(tmp_path, monkeypatch):
+    # Only the header is there: reading the declared 1 GB would fail differently (truncated).
+    info = tarfile.TarInfo(f"{cifar.FOLDER}/data_batch_1.bin")
+    info.size = 1 << 30
+    path = tmp_path / "cifar-10" / cifar.ARCHIVE
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(info.tobuf() + bytes(4096)))
+    monkeypatch.setattr(cifar, "CIFAR10_MD5", hashlib.md5(path.read_bytes()).hexdigest())
+    with pytest.raises(DataError, match="data_batch_1.bin declares 1073741824 bytes, more than"):
+        cifar.cifar10(str(tmp_path))

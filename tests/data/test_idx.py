@@ -3,6 +3,7 @@ import hashlib
 import shutil
 import struct
 import threading
+import tracemalloc
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -121,3 +122,39 @@ def test_mnist_real_files(tmp_path):
     (copy / "train-labels-idx1-ubyte.gz").write_bytes(b"\0" * 10)
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz has md5"):
         load_data("mnist", data_dir=str(tmp_path))
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(tmp_path):
+    # The header declares 10 bytes; the gzip stream inflates to 50 MB of zeros behind it.
+    header = struct.pack(">BBBBI", 0, 0, 0x08, 1, 10)
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(header + bytes(50 << 20), compresslevel=1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"header \(10,\) needs 18; the file is truncated"):
+            read_idx(tmp_path / "bomb.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # a full inflate would hold 50 MB
+
+
+def test_one_byte_more_than_the_header_declares_is_refused(tmp_path):
+    images = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    raw = gzip.decompress(write_idx(tmp_path / "ok.gz", images))
+    (tmp_path / "long.gz").write_bytes(gzip.compress(raw + b"\0"))
+    with pytest.raises(DataError, match="more bytes but its header"):
+        read_idx(tmp_path / "long.gz")
+    (tmp_path / "long.idx").write_bytes(raw + b"\0")
+    with pytest.raises(DataError, match="more bytes but its header"):
+        read_idx(tmp_path / "long.idx")
+
+
+def test_header_cut_short_and_huge_shape_are_clear_errors(tmp_path):
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(struct.pack(">BBBBI", 0, 0, 0x08, 3, 5)))
+    with pytest.raises(DataError, match="ends inside its idx header"):
+        read_idx(tmp_path / "cut.gz")
+    # 2^32-1 cubed elements: no memory to hold it; refused before reading any data.
+    huge = struct.pack(">BBBB3I", 0, 0, 0x08, 3, *[2**32 - 1] * 3)
+    (tmp_path / "huge.gz").write_bytes(gzip.compress(huge + bytes(100)))
+    with pytest.raises(DataError, match=r"\(4294967295, 4294967295, 4294967295\), too large"):
+        read_idx(tmp_path / "huge.gz")

@@ -19,11 +19,12 @@ def main(out_dir: str, per_process_batch: int, kind: str = "blobs") -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
     trainer = dk.Trainer(max_epochs=2, lr=0.5, momentum=0.9, out_dir=out_dir, progress=False)
+    # 501 = 15 x 32 + 21: each epoch ends with a global batch the processes split 11 + 10.
     if kind == "blobs":
-        data = DataModule("blobs", blobs(512), blobs(101, sample_seed=1),
+        data = DataModule("blobs", blobs(501), blobs(101, sample_seed=1),
                           batch_size=per_process_batch, class_names=list("abcd"))
     elif kind == "streamed":  # read through a worker process per replica
-        data = DataModule("blobs", Examples(*blobs(512)), Examples(*blobs(101, sample_seed=1)),
+        data = DataModule("blobs", Examples(*blobs(501)), Examples(*blobs(101, sample_seed=1)),
                           batch_size=per_process_batch, class_names=list("abcd"), num_workers=1)
     elif kind == "translation":  # the book's fra-eng pairs; BLEU's statistics summed
         data = dk.load_data("fra-eng", per_process_batch, num_train=512, num_val=129,

@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from divekit.data.loaders import TensorLoader
+from divekit.data.streaming import DatasetLoader
+from tests.engine.test_interrupts import Examples
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,14 +27,15 @@ def run_worker(out_dir: Path, processes: int, per_process_batch: int, kind="blob
 @pytest.mark.parametrize("kind", ["blobs", "streamed"])
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, kind):
     # 2 processes x 16 examples per step == 1 process x 32: same batches, same averaged gradient,
-    # for tensors in memory and for a dataset read by worker processes.
+    # for tensors in memory and for a dataset read by worker processes, the odd last batch of
+    # each epoch (501 examples) included.
     run_worker(tmp_path / "ddp", processes=2, per_process_batch=16, kind=kind)
     run_worker(tmp_path / "single", processes=1, per_process_batch=32, kind=kind)
 
     ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     single = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)
     for name, tensor in single["model"].items():
-        torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ddp["model"][name], tensor, rtol=0, atol=1e-6)
     assert len(ddp["rng"]) == 2  # both replicas' generators, for exact resume
 
     # Metrics are sums over both processes: the same numbers as the single process.
@@ -39,6 +44,8 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, kind):
     for a, b in zip(ddp_rows, single_rows, strict=True):
         assert a["test_acc"] == pytest.approx(b["test_acc"])  # 101 test examples, uneven shards
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        # Every training example once per epoch: examples/s x seconds is the epoch's count.
+        assert round(a["examples_per_s"] * a["train_time"]) == 501
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
@@ -80,3 +87,44 @@ def test_bleu_under_two_processes_equals_one_process_decoding_every_sentence(tmp
     assert single["test_bleu"] > 0
     assert last["test_bleu"] == pytest.approx(single["test_bleu"], abs=1e-9)
     assert last["test_loss"] == pytest.approx(single["test_loss"], rel=1e-5)
+
+
+def _shard_batches(loader, rank: int, world_size: int) -> list[list[int]]:
+    loader.shard(rank, world_size).set_epoch(3)
+    batches = [batch[0].tolist() for batch in loader]
+    assert len(batches) == len(loader)
+    return batches
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("world_size,batch_size", [(2, 16), (2, 1), (3, 4)])
+@pytest.mark.parametrize("make", ["tensors", "dataset"])
+def test_sharded_steps_hold_the_global_batch_for_every_dataset_size(make, world_size,
+                                                                      batch_size, drop_last):
+    # The rule: step k of the processes together reads global batch k of one process with
+    # world_size x batch_size; a last global batch smaller than world_size is dropped.
+    global_batch = world_size * batch_size
+    for size in [*range(1, 3 * global_batch + 2), 101, 1437]:
+        def loader(per_process: int, size=size):
+            if make == "tensors":
+                return TensorLoader(torch.arange(size), batch_size=per_process, shuffle=True,
+                                    drop_last=drop_last, seed=5)
+            return DatasetLoader(Examples(torch.arange(size), torch.zeros(size)),
+                                 batch_size=per_process, shuffle=True, drop_last=drop_last,
+                                 seed=5)
+
+        single = _shard_batches(loader(global_batch), 0, 1)
+        if single and len(single[-1]) < (global_batch if drop_last else world_size):
+            single = single[:-1]
+        shards = [_shard_batches(loader(batch_size), rank, world_size)
+                  for rank in range(world_size)]
+        assert all(len(batches) == len(single) for batches in shards), size
+        for step, expected in enumerate(single):
+            parts = [batches[step] for batches in shards]
+            assert sorted(sum(parts, [])) == sorted(expected), (size, step)
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+            assert min(map(len, parts)) >= 1
+        seen = sorted(sum((sum(batches, []) for batches in shards), []))
+        assert len(seen) == len(set(seen))  # no example twice in an epoch
+        if not drop_last and size % global_batch >= world_size:
+            assert seen == list(range(size))  # every example once

@@ -188,7 +188,8 @@ def test_best_checkpoint_follows_the_metric_direction(tmp_path, higher, mode, be
     # Scores per epoch 0.5, 0.9, 0.1, 0.7: the best is epoch 2 when larger is better, else 3.
     data = DataModule("b", blobs(64), blobs(16), batch_size=32, class_names=list("abcd"))
     trainer = dk.Trainer(max_epochs=4, lr=0.1, monitor="score", mode=mode,
-                         task=ScoreFromList([0.5, 0.9, 0.1, 0.7], higher), out_dir=tmp_path,
+                         # The fifth score: the test split's at the end of fit (out_dir).
+                         task=ScoreFromList([0.5, 0.9, 0.1, 0.7, 0.0], higher), out_dir=tmp_path,
                          progress=False)
     trainer.fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), data)
     assert trainer.monitor == "test_score"

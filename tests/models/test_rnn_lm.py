@@ -232,11 +232,14 @@ def random_lm():
 
 
 def greedy_by_forward(model, vocab, prefix_tokens, num_tokens):
-    """Greedy decoding that re-reads the whole sequence with forward at every step."""
+    """Greedy decoding that re-reads the whole sequence with forward at every step (never
+    choosing ``<unk>``)."""
     indices = vocab[prefix_tokens]
     with torch.no_grad():
         for _ in range(num_tokens):
-            indices.append(int(model(torch.tensor([indices]))[0, -1].argmax()))
+            scores = model(torch.tensor([indices]))[0, -1]
+            scores[vocab.unk] = -math.inf
+            indices.append(int(scores.argmax()))
     return vocab.to_tokens(indices[len(prefix_tokens):])
 
 

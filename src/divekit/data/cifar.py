@@ -34,6 +34,7 @@ META_FILE = "batches.meta.txt"
 FILES = (*TRAIN_FILES, TEST_FILE, META_FILE)
 NUM_CLASSES = 10
 RECORD_BYTES = 1 + 3 * 32 * 32
+FILE_BYTES = 10_000 * RECORD_BYTES  # the largest file of the archive: one batch
 
 
 def read_cifar_batch(raw: bytes, source: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +97,11 @@ def _read_archive(archive: Path) -> dict[str, tuple[str, bytes]]:
                 if not member.isfile():
                     raise DataError(f"{archive}: {member.name} is a link or folder, not a file; "
                                     "it is not the original CIFAR-10 archive, delete it")
+                # The size is declared in the member's header: check it before inflating.
+                if member.size > FILE_BYTES:
+                    raise DataError(f"{archive}: {member.name} declares {member.size} bytes, "
+                                    f"more than a CIFAR-10 file holds ({FILE_BYTES}); it is not "
+                                    "the original CIFAR-10 archive, delete it")
                 found[name] = (f"{archive}:{member.name}", tar.extractfile(member).read())
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{archive} is not a readable tar.gz archive ({e}); delete it and fetch "

@@ -19,31 +19,55 @@ def shuffle_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def shard_length(size: int, shuffle: bool, rank: int, world_size: int) -> int:
+def _shared_examples(size: int, world_size: int, batch_size: int | None,
+                     drop_last: bool) -> int:
+    """How many of a shuffled epoch's first examples the processes share out.
+
+    With ``batch_size`` (per process), every global batch of ``batch_size * world_size`` is
+    kept whole, so each step sees the examples one process with the global batch would see.
+    The last, smaller global batch is dropped with ``drop_last``, and also when it holds fewer
+    examples than there are processes (a process would have none, and every process must
+    step). Without ``batch_size`` (loaders whose batches are not cut from the order, e.g.
+    buckets) the epoch is cut to a multiple of ``world_size``.
+    """
+    if batch_size is None:
+        return size - size % world_size
+    last = size % (batch_size * world_size)
+    return size - last if drop_last or last < world_size else size
+
+
+def shard_length(size: int, shuffle: bool, rank: int, world_size: int,
+                 batch_size: int | None = None, drop_last: bool = False) -> int:
     """Examples process ``rank`` of ``world_size`` reads per epoch (see :func:`epoch_order`)."""
     if world_size == 1:
         return size
     if shuffle:
-        return size // world_size
+        size = _shared_examples(size, world_size, batch_size, drop_last)
     return len(range(rank, size, world_size))
 
 
 def epoch_order(size: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0,
-                world_size: int = 1) -> torch.Tensor:
+                world_size: int = 1, batch_size: int | None = None,
+                drop_last: bool = False) -> torch.Tensor:
     """The example indices one process reads in one epoch, in order: the one rule of both
     loaders (so the same data streamed or preloaded gives the same batches).
 
     The permutation of epoch ``e`` is ``torch.randperm(size)`` from a generator seeded
     ``seed * 1_000_003 + e`` (``0..size-1`` without shuffling); process ``rank`` takes every
-    ``world_size``-th index from ``rank``, and shuffled (training) shards are cut to
-    ``size // world_size`` so that every process takes the same number of steps.
+    ``world_size``-th index from ``rank``. Batch ``k`` of every process (``batch_size`` each)
+    then holds the examples of global batch ``k`` of one process with ``batch_size *
+    world_size``, the last global batch split unevenly when it must be (lower ranks get one
+    more). Shuffled (training) epochs keep only the examples of :func:`_shared_examples`, so
+    that every process takes the same number of steps; evaluation (unshuffled) reads all.
     """
     if shuffle:
         generator = torch.Generator().manual_seed(shuffle_seed(seed, epoch))
         order = torch.randperm(size, generator=generator)
+        if world_size > 1:
+            order = order[: _shared_examples(size, world_size, batch_size, drop_last)]
     else:
         order = torch.arange(size)
-    return order[rank::world_size][: shard_length(size, shuffle, rank, world_size)]
+    return order[rank::world_size]
 
 
 class ShuffledBatches:
@@ -59,8 +83,8 @@ class ShuffledBatches:
         """Iterate only this process's share: every ``world_size``-th example from ``rank``.
 
         The shards of one epoch are disjoint and together form each global batch of
-        ``batch_size * world_size`` examples. Shuffled (training) shards are cut to one
-        length so that every process takes the same number of steps.
+        ``batch_size * world_size`` examples, the last one included (split unevenly). In
+        training every process takes the same number of steps; see :func:`epoch_order`.
         """
         if not 0 <= rank < world_size:
             raise DivekitError(f"rank must be in [0, {world_size}), got {rank}")
@@ -129,13 +153,15 @@ class TensorLoader(ShuffledBatches):
     @property
     def num_examples(self) -> int:
         """Examples this process iterates per epoch."""
-        return shard_length(len(self.tensors[0]), self.shuffle, self.rank, self.world_size)
+        return shard_length(len(self.tensors[0]), self.shuffle, self.rank, self.world_size,
+                            self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = None  # in order and unsharded: contiguous slices, no gather
         if self.shuffle or self.world_size > 1:
             order = epoch_order(len(self.tensors[0]), shuffle=self.shuffle, seed=self.seed,
-                                epoch=self.epoch, rank=self.rank, world_size=self.world_size)
+                                epoch=self.epoch, rank=self.rank, world_size=self.world_size,
+                                batch_size=self.batch_size, drop_last=self.drop_last)
             order = order.to(self.tensors[0].device)
         first = self._take_skipped() * self.batch_size
         for start in range(first, len(self) * self.batch_size, self.batch_size):

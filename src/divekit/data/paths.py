@@ -5,14 +5,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from divekit.errors import DataError
+
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """The folder that holds one sub-folder per dataset (``fashion-mnist/``, ``mnist/``, ...)."""
+    """The folder that holds one sub-folder per dataset (``fashion-mnist/``, ``mnist/``, ...).
+
+    Raises:
+        DataError: when the chosen path exists and is not a folder.
+    """
     if data_dir is not None:
-        return Path(data_dir).expanduser()
-    if os.environ.get("DIVEKIT_DATA"):
-        return Path(os.environ["DIVEKIT_DATA"]).expanduser()
-    return Path.home() / ".cache" / "divekit"
+        root, source = Path(data_dir).expanduser(), "--data-dir"
+    elif os.environ.get("DIVEKIT_DATA"):
+        root, source = Path(os.environ["DIVEKIT_DATA"]).expanduser(), "DIVEKIT_DATA"
+    else:
+        root, source = Path.home() / ".cache" / "divekit", "the default data folder"
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{source} {root} is a file, not a folder; give the folder that holds "
+                        "one sub-folder per dataset (or a new folder to download into)")
+    return root
 
 
 def downloads_allowed() -> bool:

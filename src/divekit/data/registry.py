@@ -244,6 +244,7 @@ def load_data(
     info = DATASETS[name]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DivekitError(f"batch size must be a positive integer, got {batch_size!r}")
+    check_val_size(val_size)
     accepted = set(inspect.signature(info.build).parameters) - {"data_dir"}
     unknown = sorted(set(options) - accepted)
     if unknown:
@@ -256,6 +257,17 @@ def load_data(
     if val_size:
         data.hold_out(val_size, seed)
     return data if resize is None else data.resized(resize)
+
+
+def check_val_size(val_size: float | int) -> None:
+    """The one rule for ``val_size`` (``load_data``, ``--val-size``, ``config.json``): 0 for
+    none, a fraction in (0, 1), or a whole count of examples; whether a count leaves training
+    examples is checked once the data is loaded."""
+    number = isinstance(val_size, int | float) and not isinstance(val_size, bool)
+    if not number or not (val_size == 0 or 0 < val_size < 1
+                          or isinstance(val_size, int) and val_size > 0):
+        raise DivekitError(f"val_size must be 0 (none), a fraction in (0, 1) or a whole count "
+                           f"of examples, got {val_size!r}")
 
 
 def _split(split: Split, val_size: float | int, seed: int) -> tuple[Split, Split]:

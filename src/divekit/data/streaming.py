@@ -43,17 +43,20 @@ class EpochSampler(Sampler[int]):
     by :func:`~divekit.data.loaders.epoch_order`, the rule TensorLoader follows too."""
 
     def __init__(self, size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, batch_size: int | None = None,
+                 drop_last: bool = False) -> None:
         self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, epoch
         self.rank, self.world_size = rank, world_size
+        self.batch_size, self.drop_last = batch_size, drop_last
 
     def __len__(self) -> int:
-        return shard_length(self.size, self.shuffle, self.rank, self.world_size)
+        return shard_length(self.size, self.shuffle, self.rank, self.world_size,
+                            self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[int]:
         return iter(epoch_order(self.size, shuffle=self.shuffle, seed=self.seed,
-                                epoch=self.epoch, rank=self.rank,
-                                world_size=self.world_size).tolist())
+                                epoch=self.epoch, rank=self.rank, world_size=self.world_size,
+                                batch_size=self.batch_size, drop_last=self.drop_last).tolist())
 
 
 def _seed_globals(seed: int) -> None:
@@ -172,7 +175,8 @@ class DatasetLoader(ShuffledBatches):
     def sampler(self) -> EpochSampler:
         """The indices this process reads in the current epoch."""
         return EpochSampler(len(self.dataset), shuffle=self.shuffle, seed=self.seed,
-                            epoch=self.epoch, rank=self.rank, world_size=self.world_size)
+                            epoch=self.epoch, rank=self.rank, world_size=self.world_size,
+                            batch_size=self.batch_size, drop_last=self.drop_last)
 
     @property
     def num_examples(self) -> int:

@@ -8,9 +8,11 @@ digits) needs no network and is upsampled to 28x28 so the same models run on it.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -22,35 +24,55 @@ from divekit.data.registry import DataModule, register_dataset
 from divekit.errors import DataError
 
 _IDX_TYPES = {0x08: np.uint8}
+_READ_CHUNK = 1 << 20  # bytes inflated per read: bounds the overshoot past a lying header
 
 
 def read_idx(path: Path) -> torch.Tensor:
     """Read an idx file (optionally gzipped) as a uint8 tensor shaped by its header.
 
     The header is two zero bytes, a type byte (0x08 = unsigned byte), the number of
-    dimensions, then one big-endian uint32 per dimension.
+    dimensions, then one big-endian uint32 per dimension. The gzip stream is inflated
+    incrementally and never past the size the header declares (plus one byte to notice excess
+    data), so a gzip bomb is refused after a few kilobytes of output instead of filling memory.
     """
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
+            return _read_idx_stream(path, f)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(
             f"{path} is not a readable idx file ({e}); delete it and fetch it again"
         ) from e
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES:
+
+
+def _read_idx_stream(path: Path, f: BinaryIO) -> torch.Tensor:
+    """Parse the header of the open idx stream ``f``, then read exactly the bytes it declares."""
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_TYPES:
         raise DataError(f"{path} does not start with an idx magic number; it is not an idx file")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
+    ndim = magic[3]
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path} ends inside its idx header; the file is truncated or corrupt: "
+                        "delete it and fetch it again")
+    shape = struct.unpack(f">{ndim}I", dims)
+    header, count = 4 + 4 * ndim, math.prod(shape)
+    try:
+        # Pages are touched only as data arrives, so a header that lies costs no memory.
+        array = np.empty(count, dtype=_IDX_TYPES[magic[2]])
+    except (MemoryError, ValueError) as e:
+        raise DataError(f"{path}: its header declares the shape {tuple(shape)}, too large to "
+                        "load; the file is corrupt: delete it and fetch it again") from e
+    view, filled = memoryview(array).cast("B"), 0
+    while filled < count and (n := f.readinto(view[filled : filled + _READ_CHUNK])):
+        filled += n
+    if filled < count or f.read(1):
+        size = f"{header + filled} bytes" if filled < count else "more bytes"
         raise DataError(
-            f"{path} holds {len(raw)} bytes but its header {tuple(shape)} needs {expected}; "
+            f"{path} holds {size} but its header {tuple(shape)} needs {header + count}; "
             "the file is truncated or corrupt: delete it and fetch it again"
         )
-    array = np.frombuffer(raw, dtype=_IDX_TYPES[raw[2]], offset=header).reshape(shape)
-    return torch.from_numpy(array.copy())
+    return torch.from_numpy(array.reshape(shape))
 
 
 class IdxDataset:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from divekit.engine.checkpoint import inference_weights
+from divekit.engine.checkpoint import inference_weights, read_tensors
 from divekit.errors import DivekitError
 
 SHOWN = 5  # names quoted in an error message
@@ -258,16 +258,17 @@ def apply_finetune(
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise DivekitError(f"no weights file at {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(path, device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DivekitError(f"{path} could not be read as weights ({type(e).__name__}: "
-                           f"{str(e)[:200]}); the file is damaged or not a weights file") from e
+        except Exception as e:
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise DivekitError(f"{path} could not be read as weights ({reason}); it is "
+                               "damaged or not a safetensors file") from e
+    else:
+        state = read_tensors(path, "cpu", "weights")
     if isinstance(state, dict) and "format" in state and isinstance(state.get("model"), dict):
         state = inference_weights(state)  # a divekit training checkpoint
     if not isinstance(state, Mapping) or not all(

@@ -22,26 +22,39 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 class ProgressReporter(Callback):
-    """Show training progress.
+    """Show training progress: a live bar while an epoch runs (on a terminal), a summary line
+    after each epoch, and why a run stopped early.
+
+    The bar goes to standard error and the lines to standard output, so that
+    ``divekit train ... > train.log`` at a terminal shows the bar and logs every epoch.
 
     Args:
-        stream: where to write (default ``sys.stderr`` for the bar, ``sys.stdout`` for lines).
-        live: draw a live bar; default: only when ``stream`` is a terminal.
+        stream: write the bar and the lines here instead (default: as above).
+        live: draw a live bar; default: only when the bar's stream is a terminal.
         refresh_seconds: how often the live bar's loss is refreshed (each refresh syncs).
     """
 
     def __init__(self, stream: TextIO | None = None, live: bool | None = None,
                  refresh_seconds: float = 0.5) -> None:
-        self.live = sys.stderr.isatty() if live is None and stream is None else bool(live)
-        self.stream = stream or (sys.stderr if self.live else sys.stdout)
+        self.stream = stream
+        self.live = self.bar_stream.isatty() if live is None else bool(live)
         self.refresh_seconds = refresh_seconds
         self.bar = None
+
+    # Looked up when used, so a redirected sys.stdout/sys.stderr is honoured.
+    @property
+    def bar_stream(self) -> TextIO:
+        return self.stream or sys.stderr
+
+    @property
+    def line_stream(self) -> TextIO:
+        return self.stream or sys.stdout
 
     def on_epoch_start(self, trainer) -> None:
         if self.live:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=trainer.steps_per_epoch, file=self.stream, leave=False,
+            self.bar = tqdm(total=trainer.steps_per_epoch, file=self.bar_stream, leave=False,
                             desc=f"epoch {trainer.epoch + 1}/{trainer.max_epochs}",
                             dynamic_ncols=True, unit="step", mininterval=self.refresh_seconds)
             self.last_refresh = time.perf_counter()
@@ -62,4 +75,8 @@ class ProgressReporter(Callback):
         line = (f"epoch {metrics['epoch']:>{width}}/{trainer.max_epochs}  {format_metrics(metrics)}"
                 f" | lr {metrics['lr']:.3g} | {metrics['train_time']:.1f} s, "
                 f"{metrics['examples_per_s']:,.0f} ex/s")
-        print(line, file=self.stream, flush=True)
+        print(line, file=self.line_stream, flush=True)
+
+    def on_fit_end(self, trainer) -> None:
+        if trainer.stop_reason:
+            print(trainer.stop_reason, file=self.line_stream, flush=True)

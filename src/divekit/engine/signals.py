@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -11,12 +13,38 @@ from divekit.engine import distributed
 from divekit.engine.run_folder import RunFolder
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """``fit`` stopped at a step boundary on SIGINT or SIGTERM, after checkpointing."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the program; ``signum`` says which (exit status 128 + it)."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class TrainingInterrupted(Interrupted):
+    """``fit`` stopped at a step boundary on SIGINT or SIGTERM, after checkpointing."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises :class:`Interrupted` as SIGINT raises ``KeyboardInterrupt``.
+
+    A command stopped outside ``fit`` (loading data, evaluating) then ends the way Ctrl-C
+    ends it, with one line, instead of dying silently. Only the main thread can set handlers;
+    elsewhere SIGTERM acts as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
 
 
 class Signals:

@@ -11,7 +11,10 @@ processes under ``torchrun``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import numbers
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
@@ -28,9 +31,11 @@ from divekit.engine.callbacks import Callback, EarlyStopping
 from divekit.engine.checkpoint import (
     inference_weights,
     load_checkpoint,
+    load_weights_checked,
     rng_state,
     seed_everything,
     set_rng_state,
+    write_atomically,
 )
 from divekit.engine.device import autocast, select_device
 from divekit.engine.ema import WeightAverage
@@ -39,20 +44,24 @@ from divekit.engine.history import History
 from divekit.engine.lr_finder import LRFinderResult, lr_find
 from divekit.engine.metrics import SplitMeters
 from divekit.engine.progress import ProgressReporter
-from divekit.engine.run_folder import RunFolder, TensorBoardLogger
+from divekit.engine.run_folder import RunFolder, TensorBoardLogger, claim, reconcile
+from divekit.engine.run_lock import RunLock
 from divekit.engine.signals import Signals, TrainingInterrupted
 from divekit.engine.task import Output, Task, create_task, to_device
 from divekit.errors import DivekitError
 from divekit.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FORMAT = 1
+# A training loss this many times the first step's means the run diverges.
+DIVERGENCE_FACTOR = 100.0
 
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 
 class TrainingDiverged(DivekitError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or (``stop_on_divergence``) grew past
+    ``DIVERGENCE_FACTOR`` times its first step's value."""
 
 
 class Trainer:
@@ -77,6 +86,9 @@ class Trainer:
         schedule: ``constant``, ``cosine``, ``onecycle`` or ``step``, stepped per optimizer step.
         warmup_epochs: linear warm-up length (may be fractional).
         grad_clip: clip the global gradient norm to this value.
+        stop_on_divergence: stop with :class:`TrainingDiverged` (the last good checkpoint
+            kept) when the epoch's mean training loss so far exceeds ``DIVERGENCE_FACTOR``
+            (100) times the first step's; ``False``: only warn, once, on standard error.
         accumulate: optimizer step every ``accumulate`` batches; each batch's loss is weighted
             by its example count (``Task.count``: images, tokens, ...), so the gradient equals
             that of one batch ``accumulate`` times as large.
@@ -105,12 +117,15 @@ class Trainer:
         channels_last: store conv weights and image batches NHWC (faster conv kernels).
         compile: wrap the model in ``torch.compile``.
         seed: seeds every generator at the start of ``fit``.
-        out_dir: run directory for config, metrics, plots and checkpoints; ``None`` writes nothing.
+        out_dir: run directory for config, metrics, plots and checkpoints, and at the end of
+            ``fit`` the test split's metrics of the final weights (``test_metrics.json``, also
+            the attribute ``test_metrics``); ``None`` writes nothing.
         checkpoint_every: also checkpoint every this many optimizer steps inside an epoch
             (needs ``out_dir``), so a kill loses at most that many steps; a resumed run still
             ends exactly as an uninterrupted one.
         tensorboard: write TensorBoard event files to ``out_dir/tensorboard``.
-        progress: show progress (a bar on a terminal, one line per epoch otherwise).
+        progress: show progress: a live bar on standard error when it is a terminal, one line
+            per epoch and the reason for an early stop on standard output.
         callbacks: extra :class:`Callback` objects.
         config: extra entries recorded in ``config.json`` (the CLI stores model and data here).
         nan_check_every: check the running loss for NaN/inf every this many steps.
@@ -131,6 +146,7 @@ class Trainer:
         schedule: str = "constant",
         warmup_epochs: float = 0.0,
         grad_clip: float | None = None,
+        stop_on_divergence: bool = False,
         accumulate: int = 1,
         ema: float | None = None,
         limit_batches: int | None = None,
@@ -155,6 +171,21 @@ class Trainer:
         if max_steps is not None:
             _check_positive_int("max_steps", max_steps)
         _check_positive_int("accumulate", accumulate)
+        # Checked here, so a wrong type (lr="0.1" from a hand-made config) fails before fit.
+        _check_number("learning rate", lr, positive=True)
+        for name, value in (("momentum", momentum), ("weight_decay", weight_decay),
+                            ("warmup_epochs", warmup_epochs)):
+            _check_number(name, value)
+        if grad_clip is not None:
+            _check_number("grad_clip", grad_clip, positive=True)
+        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, numbers.Real)):
+            # Its range, [0, 1), is the weight average's own check (with the decay's meaning).
+            raise DivekitError(f"ema is the decay of the weight average: a number in [0, 1), "
+                               f"got {ema!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise DivekitError(f"seed must be an integer, got {seed!r}")
+        if early_stopping is not None and early_stopping != 0:
+            _check_positive_int("early_stopping", early_stopping)
         for name, value in (("limit_batches", limit_batches), ("overfit_batches", overfit_batches)):
             if value is not None:
                 _check_positive_int(name, value)
@@ -162,8 +193,6 @@ class Trainer:
             raise DivekitError("give limit_batches or overfit_batches, not both: overfitting "
                                "already uses only its own batches")
         self.limit_batches, self.overfit_batches = limit_batches, overfit_batches
-        if grad_clip is not None and not grad_clip > 0:
-            raise DivekitError(f"grad_clip must be positive, got {grad_clip}")
         if mode not in (None, "max", "min"):
             raise DivekitError(f"mode must be 'max' or 'min' (is a larger {monitor or 'metric'} "
                                f"better?), got {mode!r}")
@@ -182,6 +211,7 @@ class Trainer:
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
         self.schedule, self.warmup_epochs = schedule, warmup_epochs
         self.grad_clip, self.accumulate = grad_clip, accumulate
+        self.stop_on_divergence = stop_on_divergence
         self.monitor_spec, self.monitor, self.mode = monitor, monitor, mode
         self.device = distributed.join(select_device(device))
         self.rank, self.world_size = distributed.world()
@@ -211,19 +241,33 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.stop_reason: str | None = None
+        self.test_metrics: dict[str, float] | None = None
 
     # ----------------------------------------------------------------- public API
-    def fit(self, model: nn.Module, data, resume: bool | str | Path = False) -> History:
+    def fit(self, model: nn.Module, data, resume: bool | str | Path = False,
+            overwrite: bool = False) -> History:
         """Train ``model`` on ``data``; returns the per-epoch history.
+
+        ``out_dir`` is locked for this process while it trains (another run writing there
+        fails at once), and a folder that holds another run is refused unless resuming it.
 
         Args:
             data: a ``DataModule``, or any object with ``train_dataloader()``,
                 ``val_dataloader()`` (may return ``None``), ``test_dataloader()`` and, unless
                 the Trainer was given a task, ``task``. A loader may be divekit's or a
                 ``torch.utils.data.DataLoader``.
-            resume: ``True`` continues from ``out_dir/checkpoints/last.pt``; a path continues
-                from that checkpoint. The result equals an uninterrupted run's.
+            resume: ``True`` continues from ``out_dir/checkpoints/last.pt`` (first making the
+                folder agree with it, see :func:`~divekit.engine.run_folder.reconcile`); a path
+                continues from that checkpoint. The result equals an uninterrupted run's.
+            overwrite: replace the run already in ``out_dir`` (its files are deleted).
         """
+        if self.out_dir is None or self.rank != 0:
+            return self._fit(model, data, resume)
+        with RunLock(self.out_dir):
+            claim(self.out_dir, resume, overwrite)
+            return self._fit(model, data, resume)
+
+    def _fit(self, model: nn.Module, data, resume: bool | str | Path) -> History:
         self.task = self._task_for(data)
         self.data_summary = repr(data)
         self.model = self._prepare(model)
@@ -257,6 +301,7 @@ class Trainer:
                                          warmup_steps=warmup_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.history, self.stop_reason = History(), None
+        self.first_loss, self._warned_divergence = None, False
         self.epoch = self.global_step = self.step_in_epoch = 0
         self.best, self.improved, self._resumed_meters = {"value": None, "epoch": None}, False, None
         if not resume:
@@ -264,7 +309,12 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_start(self)
         if resume:  # after on_fit_start: callbacks have built what the checkpoint restores
-            self.load_state_dict(self._checkpoint(resume))
+            state = self._checkpoint(resume)
+            self.load_state_dict(state, source=self._checkpoint_path(resume))
+            own = self.out_dir is not None and Path(self._checkpoint_path(resume)).resolve() \
+                == (self.out_dir / "checkpoints" / "last.pt").resolve()
+            if own and self.rank == 0:  # curves.png is drawn at the end of fit anyway
+                reconcile(self.out_dir, state, plot=False)
         with Signals(self) as self._signals:
             try:
                 while (self.epoch < self.max_epochs and self.global_step < self.total_steps
@@ -286,9 +336,23 @@ class Trainer:
                 raise
         for callback in self.callbacks:
             callback.on_fit_end(self)
-        if self.stop_reason:
-            print(self.stop_reason, flush=True)
+        if self.out_dir is not None:
+            self._write_test_metrics(data)
         return self.history
+
+    def _write_test_metrics(self, data) -> None:
+        """Evaluate the final weights on the test split into ``out_dir/test_metrics.json``
+        (also kept as ``test_metrics``); every random generator is left as it was."""
+        loader = data.test_dataloader()
+        self.test_metrics = None
+        if loader is None:
+            return
+        generators = rng_state()
+        self.test_metrics = self.evaluate(self.model, loader, prefix="test")
+        set_rng_state(generators)
+        if self.rank == 0:
+            write_atomically(self.out_dir / "test_metrics.json",
+                             json.dumps(self.test_metrics, indent=2) + "\n")
 
     def lr_find(self, model: nn.Module, data, **options: Any) -> LRFinderResult:
         """The learning-rate range test with these settings; the model, this Trainer and every
@@ -411,7 +475,11 @@ class Trainer:
             self.scheduler.step()
             self.global_step += 1
             self.step_in_epoch += 1
-            if self.step_in_epoch % self.nan_check_every == 0:
+            if self.first_loss is None:  # the reference of the divergence check
+                self.first_loss = self._meters.loss.compute().item()
+            # Also before a step's checkpoint, so that none holds a NaN or diverged model.
+            if self.step_in_epoch % self.nan_check_every == 0 or (
+                    self.checkpoint_every and self.global_step % self.checkpoint_every == 0):
                 self._check_finite()
             for callback in self.callbacks:
                 callback.on_step_end(self)
@@ -472,16 +540,33 @@ class Trainer:
                            "TensorLoader/DatasetLoader, or a DataLoader with a DistributedSampler")
 
     def _check_finite(self) -> None:
+        """Stop on a NaN/inf training loss; warn or stop on one that grew past
+        ``DIVERGENCE_FACTOR`` times the first step's (collective under ``torchrun``)."""
         loss = self._meters.loss.compute().item()
+        where = self.out_dir / "checkpoints" / "last.pt" if self.out_dir else None
+        kept = f" The last good checkpoint is {where}." if where and where.exists() else ""
+        lr = f"{self.optimizer.param_groups[0]['lr']:.3g}"
         if not math.isfinite(loss):
-            where = self.out_dir / "checkpoints" / "last.pt" if self.out_dir else None
-            kept = f" The last good checkpoint is {where}." if where and where.exists() else ""
             raise TrainingDiverged(
                 f"training loss became {loss} in epoch {self.epoch + 1} "
-                f"(step {self.global_step}); lower the learning rate (now "
-                f"{self.optimizer.param_groups[0]['lr']:.3g}), set a gradient clip, or check "
-                f"the data for NaN/inf.{kept}"
+                f"(step {self.global_step}); lower the learning rate (now {lr}), set a "
+                f"gradient clip, or check the data for NaN/inf.{kept}"
             )
+        # A first loss <= 0 (a loss that can be negative) gives no scale to compare with.
+        if (self.first_loss is None or self.first_loss <= 0
+                or loss <= DIVERGENCE_FACTOR * self.first_loss):
+            return
+        problem = (f"training loss {loss:.3g} in epoch {self.epoch + 1} (step "
+                   f"{self.global_step}) is {loss / self.first_loss:.3g}x its first step's "
+                   f"({self.first_loss:.3g}): the run is diverging")
+        if self.stop_on_divergence:
+            raise TrainingDiverged(f"{problem}; stopped (stop_on_divergence). Lower the "
+                                   f"learning rate (now {lr}) or set a gradient clip.{kept}")
+        if self.rank == 0 and not self._warned_divergence:
+            print(f"divekit: warning: {problem}; lower the learning rate (now {lr}) or set a "
+                  f"gradient clip; --stop-on-divergence (stop_on_divergence=True) stops such "
+                  f"a run", file=sys.stderr, flush=True)
+        self._warned_divergence = True
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
@@ -542,15 +627,17 @@ class Trainer:
             "meters": meters,
             "history": list(self.history),
             "best": self.best,
+            "first_loss": self.first_loss,
             "stop_reason": self.stop_reason,
             "callbacks": {key: callback.state_dict()
                           for key, callback in _keyed(self.callbacks).items()},
             "config": self.config(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (inside ``fit``, once the model and optimizer exist)."""
-        self.model.load_state_dict(state["model"])
+    def load_state_dict(self, state: dict[str, Any], source: Path | None = None) -> None:
+        """Continue from :meth:`state_dict` (inside ``fit``, once the model and optimizer exist);
+        ``source``, the checkpoint's file, names it when its weights do not fit the model."""
+        load_weights_checked(self.model, state["model"], source or Path("the checkpoint"))
         if self.eval_model is not self.model:
             self.eval_model.load_state_dict(inference_weights(state))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -563,6 +650,7 @@ class Trainer:
             self._resumed_meters = state["meters"][self.rank]
         self.history = History(state["history"])
         self.best, self.stop_reason = state["best"], state["stop_reason"]
+        self.first_loss = state.get("first_loss")  # absent from older checkpoints
         saved = state["callbacks"]
         if isinstance(saved, list):  # checkpoints before callback state was keyed by name
             saved = dict(zip(_keyed(self.callbacks), saved, strict=False))
@@ -570,13 +658,15 @@ class Trainer:
             if key in saved:
                 callback.load_state_dict(saved[key])
 
-    def _checkpoint(self, resume: bool | str | Path) -> dict[str, Any]:
+    def _checkpoint_path(self, resume: bool | str | Path) -> Path:
         if resume is True:
             if self.out_dir is None:
                 raise DivekitError("resume=True needs out_dir (the run directory to continue)")
-            path = self.out_dir / "checkpoints" / "last.pt"
-        else:
-            path = Path(resume)
+            return self.out_dir / "checkpoints" / "last.pt"
+        return Path(resume)
+
+    def _checkpoint(self, resume: bool | str | Path) -> dict[str, Any]:
+        path = self._checkpoint_path(resume)
         state = load_checkpoint(path, map_location=self.device)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise DivekitError(f"{path} is not a divekit training checkpoint")
@@ -618,6 +708,14 @@ def _column_order(item: tuple[str, Any]) -> tuple[int, str]:
     order = ["epoch", "train_loss", "train_acc", "train_ppl", "val_loss", "val_acc", "val_ppl",
              "test_loss", "test_acc", "test_ppl", "lr", "train_time", "examples_per_s"]
     return (order.index(item[0]) if item[0] in order else len(order), item[0])
+
+
+def _check_number(name: str, value: Any, positive: bool = False) -> None:
+    """``value`` is a real number, > 0 when ``positive``, else >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            value > 0 if positive else value >= 0):
+        raise DivekitError(f"{name} must be {'positive' if positive else 'non-negative'}: "
+                           f"a number {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
 def _check_positive_int(name: str, value: Any) -> None:

@@ -111,6 +111,7 @@ def create_model(name: str, data=None, **options) -> nn.Module:
     """
     info = MODELS[name]
     accepted = info.options()
+    given = dict(options)
     if data is not None:
         shape = data.input_shape
         derived = {"in_channels": shape[0], "num_inputs": _prod(shape), "image_size": shape[-1]}
@@ -126,7 +127,15 @@ def create_model(name: str, data=None, **options) -> nn.Module:
             f"model {name!r} has no option {', '.join(unknown)}; its options are: "
             f"{', '.join(accepted) or 'none'}"
         )
-    return info.build(**options)
+    try:
+        return info.build(**options)
+    except (TypeError, ValueError, RuntimeError) as e:  # torch: RuntimeError for bad sizes
+        if not given:  # the defaults failed: a bug, not a user's mistake
+            raise
+        shown = ", ".join(f"{key}={value!r}" for key, value in given.items())
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise DivekitError(f"model {name!r} cannot be built with {shown} ({reason}); check "
+                           "the options' types and values") from e
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -87,9 +87,11 @@ def generate(
 ) -> str:
     """Continue ``prefix`` by ``num_tokens`` tokens with a unidirectional language model.
 
-    The prefix is tokenized at ``level`` as given (preprocess it as the training text was,
-    e.g. lower case for ``timemachine``); tokens the vocabulary lacks become ``"<unk>"``. The
-    model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
+    The prefix is lower-cased when the vocabulary holds no upper-case letter (it was built
+    from lower-cased text, as ``timemachine``'s is), then tokenized at ``level``; tokens the
+    vocabulary still lacks become ``"<unk>"``. ``"<unk>"`` itself is never generated: it
+    stands for many different tokens and would print as a placeholder. The model runs in
+    eval mode (no dropout) and is put back in its previous mode afterwards.
 
     Args:
         model: a model with ``step(x, state) -> (logits, state)``, such as
@@ -102,12 +104,15 @@ def generate(
             :func:`choose_token`.
 
     Returns:
-        The prefix followed by the generated tokens: characters are appended as they are,
-        words are separated by single spaces.
+        The prefix as the model read it (lower-cased for a lower-case vocabulary) followed by
+        the generated tokens: characters are appended as they are, words are separated by
+        single spaces.
     """
     _check_options(num_tokens, level, strategy, temperature, top_k)
     if getattr(model, "bidirectional", False):
         raise DivekitError(BIDIRECTIONAL_REFUSAL)
+    if not any(token != token.lower() for token in vocab.idx_to_token):
+        prefix = prefix.lower()
     tokens = tokenize(prefix, level)
     if not tokens:
         raise DivekitError(f"the prefix must hold at least one {level} token to warm up the "
@@ -119,7 +124,9 @@ def generate(
         logits, state = model.step(torch.tensor([vocab[tokens]], device=device))
         generated = []
         for _ in range(num_tokens):
-            index = choose_token(logits[0, -1], strategy, temperature, top_k, generator)
+            scores = logits[0, -1].clone()
+            scores[vocab.unk] = -torch.inf
+            index = choose_token(scores, strategy, temperature, top_k, generator)
             generated.append(vocab.to_tokens(index))
             logits, state = model.step(torch.tensor([[index]], device=device), state)
     finally:
