@@ -5,6 +5,7 @@ bad option values, and signals outside training."""
 import hashlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,20 @@ def test_a_file_given_as_data_dir_or_out_is_one_line(capsys, tmp_path):
     assert a_file.read_text() == "mine"
     with pytest.raises(DivekitError, match="is a file, not a folder"):
         dk.load_data("mnist", data_dir=a_file)
+
+
+def test_ctrl_c_while_pytorch_loads_is_one_line():
+    import subprocess
+    import sys
+
+    # `import divekit` alone loads no PyTorch, so the launcher is running when Ctrl-C comes.
+    probe = subprocess.run([sys.executable, "-c", "import sys, divekit; "
+                            "print('torch' in sys.modules)"], capture_output=True, text=True)
+    assert probe.stdout.strip() == "False"
+    command = subprocess.Popen([sys.executable, "-m", "divekit", "list", "models"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing PyTorch and the models takes seconds
+    command.send_signal(signal.SIGINT)
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 130 and out == ""
+    one_line(err, "divekit: stopped by SIGINT while starting; nothing was written")

@@ -4,28 +4,45 @@
 >>> data = dk.load_data("fashion-mnist", batch_size=256)
 >>> model = dk.create_model("lenet", num_classes=data.num_classes)
 >>> history = dk.Trainer(max_epochs=10, lr=0.9).fit(model, data)
+
+The names below are imported on first use (PEP 562), so that ``import divekit`` does not load
+PyTorch: the ``divekit`` command can then answer Ctrl-C during its start-up with one line
+(:mod:`divekit.launch`).
 """
 
-from divekit.data import DataModule, DatasetLoader, TensorLoader, list_datasets, load_data
-from divekit.engine import (
-    Callback,
-    EarlyStopping,
-    History,
-    Output,
-    Task,
-    Trainer,
-    create_task,
-    register_task,
-    seed_everything,
-)
-from divekit.errors import DataError, DivekitError
-from divekit.models import count_parameters, create_model, list_models, model_info
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Callback", "DataError", "DataModule", "DatasetLoader", "DivekitError", "EarlyStopping",
-    "History", "Output", "Task", "TensorLoader", "Trainer", "count_parameters", "create_model",
-    "create_task", "list_datasets", "list_models", "load_data", "model_info", "register_task",
-    "seed_everything",
-]
+_HOMES = {
+    "divekit.data": ("DataModule", "DatasetLoader", "TensorLoader", "list_datasets", "load_data"),
+    "divekit.engine": ("Callback", "EarlyStopping", "History", "Output", "Task", "Trainer",
+                       "create_task", "register_task", "seed_everything"),
+    "divekit.errors": ("DataError", "DivekitError"),
+    "divekit.models": ("count_parameters", "create_model", "list_models", "model_info"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+__all__ = sorted(_HOME_OF)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, and the subpackages (``dk.vision``), imported when first used."""
+    if name in _HOME_OF:
+        value = getattr(importlib.import_module(_HOME_OF[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"divekit.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"divekit.{name}":
+                raise
+            raise AttributeError(f"module 'divekit' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,5 +1,5 @@
 """``python -m divekit`` is the ``divekit`` command."""
 
-from divekit.cli import main
+from divekit.launch import main
 
 raise SystemExit(main())
