@@ -1,18 +1,6 @@
 """What the benchmarks print about the machine they ran on (run them as ``python
 benchmarks/NAME.py``, which puts this folder on the import path)."""
 
-from __future__ import annotations
+from divekit.engine.device import cpu_name
 
-import platform
-from pathlib import Path
-
-
-def cpu_name() -> str:
-    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+__all__ = ["cpu_name"]

@@ -111,3 +111,18 @@ def cli(capsys, *args):
         status = exit.code
     out, err = capsys.readouterr()
     return status, out, err
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _autotune_cache_in_a_temporary_folder(tmp_path_factory):
+    """Runs with ``--amp auto`` cache their measurements; keep them out of the user's cache."""
+    import os
+
+    previous = os.environ.get("DIVEKIT_CACHE")
+    os.environ["DIVEKIT_CACHE"] = str(tmp_path_factory.mktemp("divekit-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DIVEKIT_CACHE", None)
+    else:
+        os.environ["DIVEKIT_CACHE"] = previous
+

@@ -202,8 +202,14 @@ def test_a_signal_during_start_up_is_one_line_and_exit_128_plus_it(
         raise AssertionError("the signal did not stop the start-up")
 
     monkeypatch.setattr(experiment, "build", loading)
-    handler = signal.getsignal(signal.SIGTERM)
-    status, _, err = cli(capsys, "train", "mlp", *RUN_FLAGS, "--out", tmp_path / "run")
+    # As at a terminal: a shell starts background jobs with SIGINT ignored, which divekit
+    # (like Python) then leaves ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        status, _, err = cli(capsys, "train", "mlp", *RUN_FLAGS, "--out", tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert status == 128 + signum
     line = one_line(err, f"divekit: stopped by {signal.Signals(signum).name}; files already "
                     "written are kept")
@@ -286,8 +292,10 @@ def test_ctrl_c_while_pytorch_loads_is_one_line():
     probe = subprocess.run([sys.executable, "-c", "import sys, divekit; "
                             "print('torch' in sys.modules)"], capture_output=True, text=True)
     assert probe.stdout.strip() == "False"
+    # SIGINT as at a terminal, also when the test itself runs as a shell's background job.
     command = subprocess.Popen([sys.executable, "-m", "divekit", "list", "models"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.3)  # importing PyTorch and the models takes seconds
     command.send_signal(signal.SIGINT)
     out, err = command.communicate(timeout=60)

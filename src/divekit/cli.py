@@ -18,7 +18,7 @@ from divekit.data import DATASETS, load_data, show_batch
 from divekit.data.augment import AUGMENT_GRAMMAR
 from divekit.data.registry import check_val_size
 from divekit.engine import distributed
-from divekit.engine.device import AMP_CHOICES
+from divekit.engine.device import AMP_SETTINGS
 from divekit.engine.run_folder import read_checkpoint
 from divekit.engine.signals import Interrupted, TrainingInterrupted, sigterm_as_interrupt
 from divekit.errors import DivekitError
@@ -178,7 +178,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--val-size", type=_val_size, help="hold out this fraction (or count) of training data")
     add("--seed", type=int)
     add("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    add("--amp", choices=AMP_CHOICES, metavar="MODE", help=f"autocast: {', '.join(AMP_CHOICES)}")
+    add("--amp", choices=AMP_SETTINGS, metavar="MODE",
+        help=f"autocast: {', '.join(AMP_SETTINGS)} (auto: time each on the first batch, keep "
+             "fp32 unless another is >10%% faster; also picks the memory format unless "
+             "--channels-last is given)")
     add("--channels-last", action="store_true", default=None, help="NHWC memory format")
     add("--compile", action="store_true", default=None, help="torch.compile the model")
     add("--out", type=_run_dir, metavar="RUN_DIR",
@@ -557,6 +560,8 @@ def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         value = getattr(args, FLAG_FOR_SETTING.get(setting, setting))
         if value is not None:
             values["trainer"][setting] = dict(value) if setting == "lr_mult" else value
+    if args.amp == "auto" and args.channels_last is None:
+        values["trainer"]["channels_last"] = "auto"
     if args.label_smoothing is not None:
         values["task_options"]["label_smoothing"] = args.label_smoothing
     config = RunConfig.from_dict(values, source="the command line")

@@ -46,7 +46,7 @@ class TrainerSettings:
     mode: str | None = None
     device: str = "auto"
     amp: str = "off"
-    channels_last: bool = False
+    channels_last: bool | str = False
     compile: bool = False
     seed: int = 0
     checkpoint_every: int | None = None
@@ -118,7 +118,7 @@ class RunConfig:
                                f"and trainer, got {type(values).__name__} {values!r:.40}")
         values = dict(values)
         # Written beside the settings for people to read; not settings themselves.
-        for informational in ("task", "data_summary"):
+        for informational in ("task", "data_summary", "autotune"):
             values.pop(informational, None)
         trainer, task_options = values.get("trainer"), values.get("task_options")
         if isinstance(trainer, dict) and "label_smoothing" in trainer and (

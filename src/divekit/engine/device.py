@@ -9,6 +9,8 @@ import torch
 from divekit.errors import DivekitError
 
 AMP_CHOICES = ("off", "bf16", "fp16")
+# What ``--amp`` and ``Trainer(amp=...)`` accept: ``auto`` is measured (engine.autotune).
+AMP_SETTINGS = (*AMP_CHOICES, "auto")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -46,3 +48,17 @@ def autocast(device: torch.device, amp: str):
         raise DivekitError("fp16 autocast needs a GPU; on CPU use --amp bf16 or off")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

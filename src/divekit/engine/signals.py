@@ -30,17 +30,25 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """Inside, SIGTERM raises :class:`Interrupted` as SIGINT raises ``KeyboardInterrupt``.
 
     A command stopped outside ``fit`` (loading data, evaluating) then ends the way Ctrl-C
-    ends it, with one line, instead of dying silently. Only the main thread can set handlers;
-    elsewhere SIGTERM acts as usual.
+    ends it, with one line, instead of dying silently. SIGINT's handler is installed again
+    and both signals are unblocked in this thread: a library may have replaced the handler
+    below Python or masked the signal, and Ctrl-C would then do nothing. A SIGINT that the
+    parent ignores (a background job of a shell script) stays ignored. Only the main thread
+    can set handlers; elsewhere the signals act as usual.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted)}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, set(previous))
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _raise_interrupted(signum: int, frame) -> None:

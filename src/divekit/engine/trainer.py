@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from divekit.config import TrainerSettings
-from divekit.engine import distributed
+from divekit.engine import autotune, distributed
 from divekit.engine.batch_limits import FixedBatches, LimitedLoader, set_epoch
 from divekit.engine.callbacks import Callback, EarlyStopping
 from divekit.engine.checkpoint import (
@@ -37,7 +37,7 @@ from divekit.engine.checkpoint import (
     set_rng_state,
     write_atomically,
 )
-from divekit.engine.device import autocast, select_device
+from divekit.engine.device import AMP_SETTINGS, autocast, select_device
 from divekit.engine.ema import WeightAverage
 from divekit.engine.finetune import param_groups
 from divekit.engine.history import History
@@ -113,8 +113,13 @@ class Trainer:
         mode: ``"max"`` or ``"min"``: whether a larger ``monitor`` is better; default: the
             metric's own ``higher_is_better`` (losses are minimised).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        amp: ``off``, ``bf16`` or ``fp16`` autocast.
-        channels_last: store conv weights and image batches NHWC (faster conv kernels).
+        amp: ``off``, ``bf16`` or ``fp16`` autocast, or ``auto``: ``fit`` times a few steps
+            of each precision on the first training batch (see :mod:`divekit.engine.autotune`)
+            and keeps fp32 unless another is over 10% faster; the choice, its timings and
+            reason are printed (with ``progress``), recorded as ``autotune`` in
+            ``config.json`` and reused on resume. Before ``fit`` resolves it: fp32.
+        channels_last: store conv weights and image batches NHWC (faster conv kernels), or
+            ``auto``: measured with the precision, as ``amp="auto"`` is.
         compile: wrap the model in ``torch.compile``.
         seed: seeds every generator at the start of ``fit``.
         out_dir: run directory for config, metrics, plots and checkpoints, and at the end of
@@ -156,7 +161,7 @@ class Trainer:
         mode: str | None = None,
         device: str = "auto",
         amp: str = "off",
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         compile: bool = False,
         seed: int = 0,
         out_dir: str | Path | None = None,
@@ -215,8 +220,19 @@ class Trainer:
         self.monitor_spec, self.monitor, self.mode = monitor, monitor, mode
         self.device = distributed.join(select_device(device))
         self.rank, self.world_size = distributed.world()
-        autocast(self.device, amp)  # validates amp for this device now, not mid-run
-        self.amp, self.channels_last, self.compile = amp, channels_last, compile
+        if amp not in AMP_SETTINGS:
+            raise DivekitError(f"unknown amp mode {amp!r}; choose from: {', '.join(AMP_SETTINGS)}")
+        if amp != "auto":
+            autocast(self.device, amp)  # validates amp for this device now, not mid-run
+        if channels_last not in (True, False, "auto"):
+            raise DivekitError(f"channels_last must be true, false or 'auto', got "
+                               f"{channels_last!r}")
+        # The settings as given; ``amp``/``channels_last`` are what runs (``fit`` resolves auto).
+        self.amp_setting, self.channels_last_setting = amp, channels_last
+        self.amp = "off" if amp == "auto" else amp
+        self.channels_last = channels_last is True
+        self.autotune: autotune.ProbeResult | None = None
+        self.progress, self.compile = progress, compile
         self.seed = seed
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if checkpoint_every is not None:
@@ -270,6 +286,9 @@ class Trainer:
     def _fit(self, model: nn.Module, data, resume: bool | str | Path) -> History:
         self.task = self._task_for(data)
         self.data_summary = repr(data)
+        train_loader = self._shard(data.train_dataloader())
+        state = self._checkpoint(resume) if resume else None
+        self._resolve_auto(model.to(self.device), train_loader, state)
         self.model = self._prepare(model)
         self.forward = self.model
         self.eval_model = self.model  # a callback may evaluate other weights (WeightAverage)
@@ -277,7 +296,7 @@ class Trainer:
             self.forward = nn.parallel.DistributedDataParallel(self.model)
         if self.compile:
             self.forward = torch.compile(self.forward)
-        self.train_loader = self._shard(data.train_dataloader())
+        self.train_loader = train_loader
         eval_loader = data.val_dataloader()
         self.eval_split = "val" if eval_loader is not None else "test"
         if eval_loader is None:
@@ -309,7 +328,6 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_start(self)
         if resume:  # after on_fit_start: callbacks have built what the checkpoint restores
-            state = self._checkpoint(resume)
             self.load_state_dict(state, source=self._checkpoint_path(resume))
             own = self.out_dir is not None and Path(self._checkpoint_path(resume)).resolve() \
                 == (self.out_dir / "checkpoints" / "last.pt").resolve()
@@ -568,6 +586,48 @@ class Trainer:
                   f"a run", file=sys.stderr, flush=True)
         self._warned_divergence = True
 
+    def _resolve_auto(self, model: nn.Module, loader, state: dict[str, Any] | None) -> None:
+        """Set ``amp``/``channels_last`` for ``auto``: the checkpoint's recorded choice on
+        resume (so it continues exactly), else measured on the first training batch (or
+        cached); under ``torchrun`` rank 0 measures and every process takes its choice."""
+        self.amp = "off" if self.amp_setting == "auto" else self.amp_setting
+        self.channels_last = self.channels_last_setting is True
+        self.autotune = None
+        if "auto" not in (self.amp_setting, self.channels_last_setting):
+            return
+        recorded = (state or {}).get("config", {}).get("autotune")
+        if recorded is not None:
+            result, note = autotune.ProbeResult.from_dict(recorded), " (recorded in the run)"
+        else:
+            result, note = self._measure(model, loader) if self.rank == 0 else (None, "")
+            if self.world_size > 1:
+                result = autotune.ProbeResult.from_dict(
+                    distributed.gather(result.to_dict() if result else None)[0])
+        self.autotune = result
+        self.amp, self.channels_last = result.choice
+        if self.progress and self.rank == 0:
+            print(f"autotune: {result.reason}{note}", flush=True)
+
+    def _measure(self, model: nn.Module, loader) -> tuple[autotune.ProbeResult, str]:
+        """The probe's (or the cache's) result on ``loader``'s first batch, and a note
+        saying which; reading the batch leaves every random generator as it was."""
+        generators = rng_state()
+        batch = next(iter(loader), None)
+        set_rng_state(generators)
+        fallback = ("off" if self.amp_setting == "auto" else self.amp_setting,
+                    self.channels_last_setting is True)
+        if batch is None:
+            return autotune.ProbeResult(fallback, {}, "no training batch to measure"), ""
+        options = autotune.candidates(self.device, batch, self.amp_setting,
+                                      self.channels_last_setting)
+        key = autotune.cache_key(model, batch, self.device, options)
+        result = autotune.cached(key)
+        if result is not None:
+            return result, " (cached)"
+        result = autotune.probe(model, batch, self.task, self.device, options)
+        autotune.store(key, result)
+        return result, ""
+
     def _prepare(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
@@ -584,7 +644,8 @@ class Trainer:
     def config(self) -> dict[str, Any]:
         """The resolved settings, as written to ``config.json``: the extra entries given to
         the Trainer, the task and its options, and every :class:`TrainerSettings` field."""
-        attributes = {"optimizer": "optimizer_spec"}
+        attributes = {"optimizer": "optimizer_spec", "amp": "amp_setting",
+                      "channels_last": "channels_last_setting"}
         settings = {item.name: getattr(self, attributes.get(item.name, item.name))
                     for item in dataclasses.fields(TrainerSettings)}
         if not isinstance(self.optimizer_spec, str):
@@ -594,6 +655,8 @@ class Trainer:
         if self.task is not None:
             config["task"] = getattr(self.task, "name", type(self.task).__name__)
             config["task_options"] = self.task.options()
+        if self.autotune is not None:
+            config["autotune"] = self.autotune.to_dict()
         return {**config, "trainer": settings}
 
     def _track_best(self, metrics: dict[str, float]) -> None:
