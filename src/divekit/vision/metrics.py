@@ -20,7 +20,6 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from divekit.engine import distributed
 from divekit.errors import DivekitError
 
 _AREAS = ("all", "small", "medium", "large")  # COCOeval's area ranges, in its order
@@ -112,6 +111,9 @@ class MeanAveragePrecision:
 
     def compute(self) -> dict[str, torch.Tensor]:
         """COCO's AP and AR over every image seen (by every process)."""
+        # Imported here: the engine imports the detection task, which imports this module.
+        from divekit.engine import distributed
+
         detections = [r for part in distributed.gather(self.detections) for r in part]
         groundtruths = [r for part in distributed.gather(self.groundtruths) for r in part]
         classes = sorted({int(label) for record in detections + groundtruths
