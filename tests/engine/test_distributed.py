@@ -24,6 +24,7 @@ def run_worker(out_dir: Path, processes: int, per_process_batch: int, kind="blob
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+@pytest.mark.slow  # ~17 s each: torchrun starts two training processes
 @pytest.mark.parametrize("kind", ["blobs", "streamed"])
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, kind):
     # 2 processes x 16 examples per step == 1 process x 32: same batches, same averaged gradient,
@@ -49,6 +50,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, kind):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+@pytest.mark.slow  # ~17 s: torchrun starts two training processes
 def test_token_weighted_loss_under_two_processes_equals_the_global_batch(tmp_path):
     # The replicas' shards of a batch hold different numbers of real (unpadded) tokens: each
     # replica's mean is weighted by its share of the step's tokens over both processes.

@@ -17,8 +17,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from divekit.engine import distributed
 from divekit.errors import DivekitError
-from divekit.vision import metrics as metrics_module
 from divekit.vision.metrics import MeanAveragePrecision
 
 STAT_NAMES = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1",
@@ -221,7 +221,7 @@ def test_images_split_across_processes_give_the_whole_set(monkeypatch):
                 return [obj, getattr(halves[1], name)]
         raise AssertionError("gathered something else")
 
-    monkeypatch.setattr(metrics_module.distributed, "gather", gather)
+    monkeypatch.setattr(distributed, "gather", gather)
     split = halves[0].compute()
     monkeypatch.undo()
     whole = ours(preds, targets)
