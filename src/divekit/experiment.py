@@ -19,7 +19,6 @@ from torch import nn
 from divekit.config import RunConfig
 from divekit.data import DATASETS, DataModule, load_data, parse_augment
 from divekit.engine import History, Trainer, create_task, seed_everything
-from divekit.engine.autotune import ProbeResult
 from divekit.engine.checkpoint import inference_weights, load_weights_checked
 from divekit.engine.finetune import apply_finetune
 from divekit.engine.run_folder import claim, read_checkpoint, reconcile
@@ -132,9 +131,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", data_dir: str | None = Non
                                          overfit_batches=None)
     trainer = trainer_for(config, progress=False)
     state, _ = read_checkpoint(Path(run_dir), checkpoint)
-    recorded = state.get("config", {}).get("autotune")
-    if recorded is not None:  # evaluate in the precision and layout the run measured and used
-        trainer.amp, trainer.channels_last = ProbeResult.from_dict(recorded).choice
+    trainer.use_recorded_choice(state)  # evaluate as an ``auto`` run trained
     data, model = build(config, data_dir, pretrained=False)
     load_weights_checked(model, inference_weights(state),
                          Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")

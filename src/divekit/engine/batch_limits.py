@@ -68,3 +68,14 @@ def set_epoch(loader: Any, epoch: int) -> None:
         if hasattr(target, "set_epoch"):
             target.set_epoch(epoch)
             return
+
+
+def limited(loader: Iterable, limit_batches: int | None = None,
+            overfit_batches: int | None = None) -> Iterable:
+    """``loader`` as a run with these debug settings trains on it (the loader itself when
+    neither is set)."""
+    if overfit_batches:
+        return FixedBatches(loader, overfit_batches)
+    if limit_batches:
+        return LimitedLoader(loader, limit_batches)
+    return loader

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from divekit.engine.batch_limits import FixedBatches, LimitedLoader, set_epoch
+from divekit.engine.batch_limits import limited, set_epoch
 from divekit.engine.checkpoint import rng_state, seed_everything, set_rng_state
 from divekit.engine.device import autocast
 from divekit.engine.task import to_device
@@ -289,12 +289,7 @@ def _train_step(trainer, task, model: nn.Module, optimizer: torch.optim.Optimize
 
 def _train_loader(trainer, data):
     """The training batches ``fit`` would read, with ``overfit_batches``/``limit_batches``."""
-    loader = data.train_dataloader()
-    if trainer.overfit_batches:
-        return FixedBatches(loader, trainer.overfit_batches)
-    if trainer.limit_batches:
-        return LimitedLoader(loader, trainer.limit_batches)
-    return loader
+    return limited(data.train_dataloader(), trainer.limit_batches, trainer.overfit_batches)
 
 
 def _endless(loader) -> Iterator:

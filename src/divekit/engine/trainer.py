@@ -26,7 +26,7 @@ from torch import nn
 
 from divekit.config import TrainerSettings
 from divekit.engine import autotune, distributed
-from divekit.engine.batch_limits import FixedBatches, LimitedLoader, set_epoch
+from divekit.engine.batch_limits import limited, set_epoch
 from divekit.engine.callbacks import Callback, EarlyStopping
 from divekit.engine.checkpoint import (
     inference_weights,
@@ -301,12 +301,9 @@ class Trainer:
         self.eval_split = "val" if eval_loader is not None else "test"
         if eval_loader is None:
             eval_loader = data.test_dataloader()
-        if self.overfit_batches:
-            self.train_loader = eval_loader = FixedBatches(self.train_loader,
-                                                           self.overfit_batches)
-            self.eval_split = "overfit"
-        elif self.limit_batches:
-            self.train_loader = LimitedLoader(self.train_loader, self.limit_batches)
+        self.train_loader = limited(self.train_loader, self.limit_batches, self.overfit_batches)
+        if self.overfit_batches:  # evaluated on the batches it memorises
+            eval_loader, self.eval_split = self.train_loader, "overfit"
         self.monitor = self.monitor_spec or self.task.monitor
         if not self.monitor.startswith(("train_", "val_", "test_", "overfit_")):
             self.monitor = f"{self.eval_split}_{self.monitor}"
@@ -595,18 +592,27 @@ class Trainer:
         self.autotune = None
         if "auto" not in (self.amp_setting, self.channels_last_setting):
             return
-        recorded = (state or {}).get("config", {}).get("autotune")
-        if recorded is not None:
-            result, note = autotune.ProbeResult.from_dict(recorded), " (recorded in the run)"
+        if self.use_recorded_choice(state):
+            note = " (recorded in the run)"
         else:
             result, note = self._measure(model, loader) if self.rank == 0 else (None, "")
             if self.world_size > 1:
                 result = autotune.ProbeResult.from_dict(
                     distributed.gather(result.to_dict() if result else None)[0])
-        self.autotune = result
-        self.amp, self.channels_last = result.choice
+            self.autotune = result
+            self.amp, self.channels_last = result.choice
         if self.progress and self.rank == 0:
-            print(f"autotune: {result.reason}{note}", flush=True)
+            print(f"autotune: {self.autotune.reason}{note}", flush=True)
+
+    def use_recorded_choice(self, state: dict[str, Any] | None) -> bool:
+        """Run in the precision and memory format that the checkpoint ``state``'s run chose
+        with ``auto``; ``False`` (nothing changed) when it recorded no choice."""
+        recorded = (state or {}).get("config", {}).get("autotune")
+        if recorded is None:
+            return False
+        self.autotune = autotune.ProbeResult.from_dict(recorded)
+        self.amp, self.channels_last = self.autotune.choice
+        return True
 
     def _measure(self, model: nn.Module, loader) -> tuple[autotune.ProbeResult, str]:
         """The probe's (or the cache's) result on ``loader``'s first batch, and a note
