@@ -17,6 +17,7 @@ from divekit.errors import DivekitError
 from tests.conftest import KillAtStartOf, small_cnn
 
 FP32, BF16, FP32_CL, BF16_CL = ("off", False), ("bf16", False), ("off", True), ("bf16", True)
+FP16, FP16_CL = ("fp16", False), ("fp16", True)
 CPU = torch.device("cpu")
 
 
@@ -67,10 +68,11 @@ def test_ties_go_to_the_baseline_then_to_the_earlier_candidate():
 
 def test_candidates_follow_the_settings_and_the_batch():
     images, vectors = torch.zeros(2, 1, 8, 8), torch.zeros(2, 5)
-    assert candidates(CPU, (images, images), "auto", "auto") == [FP32, BF16, FP32_CL, BF16_CL]
-    assert candidates(CPU, (vectors, vectors), "auto", "auto") == [FP32, BF16]
+    assert candidates(CPU, (images, images), "auto", "auto") == [FP32, BF16, FP16, FP32_CL,
+                                                                 BF16_CL, FP16_CL]
+    assert candidates(CPU, (vectors, vectors), "auto", "auto") == [FP32, BF16, FP16]
     assert candidates(CPU, (images,), "off", "auto") == [FP32, FP32_CL]
-    assert candidates(CPU, (images,), "auto", True) == [FP32_CL, BF16_CL]
+    assert candidates(CPU, (images,), "auto", True) == [FP32_CL, BF16_CL, FP16_CL]
 
 
 # ------------------------------------------------------------------ the probe
@@ -83,12 +85,13 @@ def test_probe_choice_follows_its_timings_and_leaves_model_and_generators_alone(
     random.seed(7)
     np.random.seed(7)
     before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
-    results = [autotune.probe(model, batch, task, CPU, options, timer=clock_for(1.0, 3.0, 0.5,
-                                                                                  2.0))
+    seconds = (1.0, 3.0, 2.5, 0.5, 2.0, 1.5)
+    results = [autotune.probe(model, batch, task, CPU, options, timer=clock_for(*seconds))
                for _ in range(2)]
     assert [r.choice for r in results] == [FP32_CL, FP32_CL]
-    assert results[0].timings == {"fp32": 1.0, "bf16": 3.0, "fp32 + channels_last": 0.5,
-                                  "bf16 + channels_last": 2.0}
+    assert results[0].timings == {"fp32": 1.0, "bf16": 3.0, "fp16": 2.5,
+                                  "fp32 + channels_last": 0.5, "bf16 + channels_last": 2.0,
+                                  "fp16 + channels_last": 1.5}
     for name, tensor in model.state_dict().items():  # batch-norm statistics included
         assert torch.equal(tensor, weights[name]), name
     assert all(p.grad is None for p in model.parameters())
@@ -136,7 +139,7 @@ def test_choosing_fp32_gives_bitwise_the_results_of_a_plain_fp32_run(blob_data):
     real_probe = autotune.probe
     # fp32 fastest: the probe ran (drawing dropout masks, updating batch-norm statistics on
     # its copies) and must have left nothing behind.
-    auto_probe = lambda *a, **k: real_probe(*a, **k, timer=clock_for(1.0, 2.0, 3.0, 4.0))  # noqa: E731
+    auto_probe = lambda *a, **k: real_probe(*a, **k, timer=clock_for(1.0, 2.0, 3.0, 1.5, 2.5, 3.5))  # noqa: E731
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(autotune, "probe", auto_probe)
         auto.fit(small_cnn(), blob_data)

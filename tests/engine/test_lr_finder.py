@@ -375,19 +375,23 @@ def test_data_without_batches_is_a_divekit_error(one_thread):
         lr_find(trainer(), mlp(), empty, num_steps=5)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fp16_search_restores_the_cuda_generator_and_the_following_fit():
+def device_rng_states(device: str) -> list[torch.Tensor]:
+    return torch.cuda.get_rng_state_all() if device == "cuda" else [torch.get_rng_state()]
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_fp16_search_restores_the_generator_and_the_following_fit(device, one_thread):
     data = toy_data()
-    settings = {"device": "cuda", "amp": "fp16", "lr": 0.1, "momentum": 0.9, "max_epochs": 2}
+    settings = {"device": device, "amp": "fp16", "lr": 0.1, "momentum": 0.9, "max_epochs": 2}
     model_a, model_b = mlp(), mlp()
     history_a = trainer(**settings).fit(model_a, data)
-    cuda_rng = torch.cuda.get_rng_state_all()
+    rng = device_rng_states(device)
     t = trainer(**settings)
     result = lr_find(t, model_b, data, num_steps=40)
     assert len(result.lrs) > 10 and all(math.isfinite(v) for v in result.losses[:10])
-    assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda_rng,
-                                                 strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(device_rng_states(device), rng, strict=True))
     history_b = t.fit(model_b, data)
     for row_a, row_b in zip(history_a, history_b, strict=True):
         assert {k: v for k, v in row_a.items() if k not in NOISY_KEYS} == \

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 
@@ -185,6 +186,53 @@ def test_channels_last_and_bf16_run_and_agree(blob_data):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     _, history = fit(blob_data, max_epochs=2, lr=0.1, amp="bf16")
     assert history.last["test_acc"] > 0.9
+
+
+def test_fp16_with_its_grad_scaler_learns_and_checkpoints_the_scale(blob_data, tmp_path):
+    trainer, history = fit(blob_data, max_epochs=2, lr=0.1, amp="fp16", out_dir=tmp_path)
+    assert history.last["test_acc"] > 0.9
+    # No overflow on this data: GradScaler's documented start, 2**16, held for 32 steps.
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 2.0 ** 16
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"]["scale"] == 2.0 ** 16
+
+
+class Amplify(torch.nn.Module):
+    """Multiplies by 1e3: the gradients reaching the linear layer overflow fp16 once scaled."""
+
+    def forward(self, x):
+        return x * 1e3
+
+
+def test_an_fp16_overflow_skips_the_step_and_halves_the_scale(blob_data):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), Amplify())
+    before = copy.deepcopy(model.state_dict())
+    trainer, _ = fit(blob_data, model, max_epochs=1, max_steps=1, lr=0.1, amp="fp16")
+    assert trainer.scaler.get_scale() == 2.0 ** 15
+    assert trainer.scheduler.last_epoch == 0  # the schedule did not move either
+    for name, value in before.items():  # the step with infinite gradients was not taken
+        assert torch.equal(model.state_dict()[name], value), name
+    # Without the scaler's check the same step writes infinities or NaN into the weights.
+    torch.manual_seed(0)
+    unscaled = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), Amplify())
+    x, y = blob_data.train[0][:32], blob_data.train[1][:32]
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = F.cross_entropy(unscaled(x), y)
+    (loss * 2.0 ** 16).backward()
+    assert not torch.isfinite(unscaled[1].weight.grad).all()
+
+
+@pytest.mark.slow  # compiling the C++ kernels takes ~20 s on 2 cores
+def test_compile_trains_to_the_eager_weights_and_saves_plain_state(blob_data, tmp_path):
+    eager, history = fit(blob_data, small_cnn(dropout=0.0), max_epochs=2, lr=0.1)
+    compiled, compiled_history = fit(blob_data, small_cnn(dropout=0.0), max_epochs=2, lr=0.1,
+                                     compile=True, out_dir=tmp_path)
+    # Same arithmetic in another order (fused kernels): equal up to float rounding.
+    for a, b in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert compiled_history.last["test_acc"] == pytest.approx(history.last["test_acc"], abs=0.01)
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    small_cnn().load_state_dict(saved)  # the module's own names, no torch.compile wrapper's
 
 
 def test_predict_returns_logits_for_every_input(blob_data):

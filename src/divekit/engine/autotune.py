@@ -65,14 +65,15 @@ def label(candidate: Candidate) -> str:
 def candidates(device: torch.device, batch: Any, amp: str, channels_last: bool | str
                ) -> list[Candidate]:
     """The settings worth timing: every precision the device may run fast when ``amp`` is
-    ``"auto"`` (bf16 on CPU is tried, and dropped by the probe if it fails), and both memory
-    formats when ``channels_last`` is ``"auto"`` and the batch holds 4-D images."""
+    ``"auto"`` (on CPU bf16 and fp16 are tried: each is fast only where the CPU has units for
+    it, and dropped by the probe if it fails), and both memory formats when ``channels_last``
+    is ``"auto"`` and the batch holds 4-D images."""
     if amp != "auto":
         precisions = [amp]
     elif device.type == "cuda":
         precisions = ["off", *(["bf16"] if torch.cuda.is_bf16_supported() else []), "fp16"]
     elif device.type == "cpu":
-        precisions = ["off", "bf16"]
+        precisions = ["off", "bf16", "fp16"]
     else:  # MPS: no autocast worth measuring
         precisions = ["off"]
     if channels_last != "auto":

@@ -44,8 +44,6 @@ def autocast(device: torch.device, amp: str):
         raise DivekitError(f"unknown amp mode {amp!r}; choose from: {', '.join(AMP_CHOICES)}")
     if amp == "off":
         return contextlib.nullcontext()
-    if amp == "fp16" and device.type == "cpu":
-        raise DivekitError("fp16 autocast needs a GPU; on CPU use --amp bf16 or off")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -113,7 +113,9 @@ class Trainer:
         mode: ``"max"`` or ``"min"``: whether a larger ``monitor`` is better; default: the
             metric's own ``higher_is_better`` (losses are minimised).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        amp: ``off``, ``bf16`` or ``fp16`` autocast, or ``auto``: ``fit`` times a few steps
+        amp: ``off``, ``bf16`` or ``fp16`` autocast (fp16 with a ``GradScaler``: a step whose
+            scaled gradients overflow is skipped, with its schedule step, and the scale
+            halved), or ``auto``: ``fit`` times a few steps
             of each precision on the first training batch (see :mod:`divekit.engine.autotune`)
             and keeps fp32 unless another is over 10% faster; the choice, its timings and
             reason are printed (with ``progress``), recorded as ``autotune`` in
@@ -484,10 +486,14 @@ class Trainer:
             if self.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+            # fp16: a step whose gradients overflowed was skipped (and the scale lowered);
+            # the schedule waits for the next step that is taken.
+            if scale is None or self.scaler.get_scale() >= scale:
+                self.scheduler.step()
             self.global_step += 1
             self.step_in_epoch += 1
             if self.first_loss is None:  # the reference of the divergence check
