@@ -13,6 +13,7 @@ from divekit.data.augment import (
     RandomErasing,
     RandomHorizontalFlip,
     RandomResizedCrop,
+    RandomTranslate,
     RandomVerticalFlip,
     adjust_brightness,
     adjust_contrast,
@@ -470,6 +471,45 @@ def test_flips_move_boxes_and_masks_and_twice_give_them_back():
                 assert torch.equal(again[key], original[key])
     fresh = box_batch()[1]  # the inputs were not modified in place
     assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets, fresh, strict=True))
+
+
+def test_translate_is_a_whole_pixel_shift_with_a_mirrored_border_and_moves_label_maps():
+    x, maps = coordinate_batch(32, 9, 11)
+    out, out_maps = RandomTranslate(2).apply(x, maps, generator(0))
+    shifts = set()
+    for image, label_map, moved, moved_map in zip(x, maps, out, out_maps, strict=True):
+        # Read the shift off the centre pixel's coordinates (channel 0 column, 1 row).
+        dx, dy = (round(float(moved[c, 4, 5] - image[c, 4, 5])) for c in (0, 1))
+        assert -2 <= dx <= 2 and -2 <= dy <= 2
+        shifts.add((dx, dy))
+        padded = F.pad(image[None], (2, 2, 2, 2), mode="reflect")[0]
+        assert torch.equal(moved, padded[:, 2 + dy:11 + dy, 2 + dx:13 + dx])
+        ignored = F.pad(label_map, (2, 2, 2, 2), value=IGNORE)
+        assert torch.equal(moved_map, ignored[2 + dy:11 + dy, 2 + dx:13 + dx])
+    assert len(shifts) > 10  # of the 25 possible
+    again = RandomTranslate(2).apply(x, maps, generator(0))
+    assert torch.equal(again[0], out) and torch.equal(again[1], out_maps)
+
+
+def test_translate_moves_boxes_by_the_shift_and_clips_them():
+    x, targets = box_batch()
+    out, moved = RandomTranslate(3).apply(x, targets, generator(1))
+    for image, shifted, before, after in zip(x, out, targets, moved, strict=True):
+        dx, dy = (round(float(shifted[c, 8, 10] - image[c, 8, 10])) for c in (4, 5))
+        expected = before["boxes"] - torch.tensor([dx, dy, dx, dy], dtype=before["boxes"].dtype)
+        expected[:, 0::2] = expected[:, 0::2].clamp(0, 20)
+        expected[:, 1::2] = expected[:, 1::2].clamp(0, 16)
+        kept = (expected[:, 2] > expected[:, 0]) & (expected[:, 3] > expected[:, 1])
+        torch.testing.assert_close(after["boxes"], expected[kept])
+        assert torch.equal(after["labels"], before["labels"][kept])
+
+
+def test_translate_refuses_shifts_it_cannot_make():
+    with pytest.raises(DivekitError, match="max_shift must be a positive whole number"):
+        RandomTranslate(1.5)
+    with pytest.raises(DivekitError, match="max_shift 8 must be under the image size 8x8"):
+        RandomTranslate(8)(torch.zeros(2, 1, 8, 8))
+    assert isinstance(parse_augment("translate=3").transforms[0], RandomTranslate)
 
 
 @pytest.mark.parametrize(("size", "scale"), [(None, (0.05, 0.6)), ((23, 31), (0.2, 1.0))])

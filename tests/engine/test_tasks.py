@@ -229,6 +229,38 @@ def test_classification_accuracy_per_pixel_for_segmentation_shaped_logits():
     assert metrics["acc"].compute().item() == pytest.approx(expected.item())
 
 
+def test_flip_test_averages_the_mirror_images_logits_in_evaluation_only(blob_data):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))  # not mirror-symmetric
+    x, y = blob_data.test[0][:16], blob_data.test[1][:16]
+    task = create_task("classification", flip_test=True, num_classes=4)
+    with torch.no_grad():
+        plain, mirrored = model(x), model(x.flip(-1))
+        model.train()  # training: the image alone
+        assert torch.equal(task.step(model, (x, y)).outputs, plain)
+        model.eval()
+        output = task.step(model, (x, y))
+        torch.testing.assert_close(output.outputs, (plain + mirrored) / 2)
+        torch.testing.assert_close(output.loss, F.cross_entropy((plain + mirrored) / 2, y))
+        torch.testing.assert_close(task.predict(model, x), (plain + mirrored) / 2)
+    # Through the Trainer: the reported accuracy is that of the averaged logits.
+    metrics = dk.Trainer(task=task, progress=False).evaluate(model, blob_data.test_dataloader())
+    with torch.no_grad():
+        both = model(blob_data.test[0]) + model(blob_data.test[0].flip(-1))
+    expected = (both.argmax(1) == blob_data.test[1]).double().mean().item()
+    assert metrics["test_acc"] == pytest.approx(expected)
+
+
+def test_flip_test_mirrors_a_label_map_back_before_averaging():
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 3, 3, padding=1).eval()  # per-pixel logits
+    x = torch.randn(2, 1, 6, 7)
+    task = create_task("segmentation", flip_test=True, num_classes=3)
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(-1)).flip(-1)) / 2
+        torch.testing.assert_close(task.predict(model, x), expected.argmax(1))
+
+
 def test_perplexity_from_the_loss_equals_torchmetrics_over_the_logits():
     from torchmetrics.text import Perplexity as Reference
 
@@ -254,13 +286,15 @@ def test_mean_weights_batches_by_their_counts():
 def test_create_task_by_name_with_options_and_clear_errors():
     task = create_task("classification", label_smoothing=0.1)
     assert isinstance(task, Classification) and task.label_smoothing == 0.1
-    assert task.options() == {"num_classes": None, "label_smoothing": 0.1}
+    assert task.options() == {"num_classes": None, "label_smoothing": 0.1, "flip_test": False}
     with pytest.raises(dk.DivekitError, match="unknown task 'detection-3d'; choose from"):
         create_task("detection-3d")
     with pytest.raises(dk.DivekitError, match="has no option smoothing; its options are"):
         create_task("classification", smoothing=0.1)
     with pytest.raises(dk.DivekitError, match=r"label_smoothing must be in \[0, 1\)"):
         create_task("classification", label_smoothing=1.5)
+    with pytest.raises(dk.DivekitError, match="flip_test must be true or false, got 'yes'"):
+        create_task("classification", flip_test="yes")
 
 
 def test_a_registered_task_is_found_from_the_data():

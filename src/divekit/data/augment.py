@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from divekit.data.targets import Targets, check_targets, crop_targets, flip_targets
 from divekit.errors import DivekitError
@@ -93,6 +94,50 @@ class RandomVerticalFlip(RandomHorizontalFlip):
     """Mirror each image top-bottom with probability ``p``, its targets with it."""
 
     dim = -2
+
+
+class RandomTranslate:
+    """Shift each image by a random whole number of pixels, up to ``max_shift`` along each
+    axis, its targets with it; the border it uncovers is the image mirrored (reflect padding,
+    as the CIFAR-10 speed-run recipes pad and crop). Label maps get the ignore label there;
+    detection boxes move and are clipped (see :mod:`divekit.data.targets`).
+
+    Args:
+        max_shift: the largest shift in pixels; under the image's height and width.
+    """
+
+    moves_targets = True
+
+    def __init__(self, max_shift: int = 2) -> None:
+        if isinstance(max_shift, bool) or max_shift != int(max_shift) or max_shift < 1:
+            raise DivekitError(f"RandomTranslate: max_shift must be a positive whole number of "
+                               f"pixels, got {max_shift}")
+        self.max_shift = int(max_shift)
+
+    def __call__(self, images: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        return self.apply(images, None, generator)[0]
+
+    def apply(self, images: torch.Tensor, targets: Targets, generator: Generator = None
+              ) -> tuple[torch.Tensor, Targets]:
+        """Shift images and targets. Shape: images ``(N, C, H, W)``; targets as in
+        :mod:`divekit.data.targets`."""
+        _check_images(images, type(self).__name__)
+        check_targets(targets, images, type(self).__name__)
+        n, (height, width), s = len(images), images.shape[-2:], self.max_shift
+        if s >= min(height, width):
+            raise DivekitError(f"RandomTranslate: max_shift {s} must be under the image size "
+                               f"{height}x{width}")
+        # The window each output shows, in input pixels: its top-left corner moves by (dx, dy).
+        shifts = torch.randint(-s, s + 1, (n, 2), generator=generator)
+        padded = F.pad(images, (s, s, s, s), mode="reflect")
+        out = torch.empty_like(images)
+        for dx, dy in shifts.unique(dim=0).tolist():
+            rows = ((shifts[:, 0] == dx) & (shifts[:, 1] == dy)).nonzero().squeeze(1)
+            rows = rows.to(images.device)
+            out[rows] = padded[rows, :, s + dy:s + dy + height, s + dx:s + dx + width]
+        windows = torch.cat([shifts.double(), torch.tensor([[width, height]], dtype=torch.float64
+                                                           ).expand(n, 2)], dim=1)
+        return out, crop_targets(targets, windows, (height, width))
 
 
 class RandomResizedCrop:
@@ -525,6 +570,7 @@ AUGMENT_GRAMMAR = """\
 SPEC is a comma-separated list of NAME or NAME=VALUE, applied in the order written:
   flip[=p]        horizontal flip with probability p (default 0.5)
   vflip[=p]       vertical flip with probability p (default 0.5)
+  translate[=n]   shift by up to n pixels along each axis, mirrored border (default 2)
   crop[=s]        random resized crop to the input size, area scale in (s, 1) (default 0.08)
   jitter[=f]      brightness, contrast and saturation jitter of strength f (default 0.4)
   hue[=h]         hue jitter by up to h of a turn, h <= 0.5 (default 0.1)
@@ -532,8 +578,8 @@ SPEC is a comma-separated list of NAME or NAME=VALUE, applied in the order writt
   mixup[=alpha]   mixup with Beta(alpha, alpha) weights (default 0.2); soft labels out
 Example: "flip,crop=0.5,jitter=0.4,erase,mixup=0.2"."""
 
-_DEFAULTS = {"flip": 0.5, "vflip": 0.5, "crop": 0.08, "jitter": 0.4, "hue": 0.1, "erase": 0.5,
-             "mixup": 0.2}
+_DEFAULTS = {"flip": 0.5, "vflip": 0.5, "translate": 2, "crop": 0.08, "jitter": 0.4, "hue": 0.1,
+             "erase": 0.5, "mixup": 0.2}
 
 
 def parse_augment(spec: str, num_classes: int | None = None, seed: int | None = None) -> Compose:
@@ -565,6 +611,8 @@ def _build(name: str, value: float, num_classes: int | None):
         return RandomHorizontalFlip(value)
     if name == "vflip":
         return RandomVerticalFlip(value)
+    if name == "translate":
+        return RandomTranslate(value)
     if name == "crop":
         return RandomResizedCrop(None, scale=(value, 1.0))
     if name == "jitter":
