@@ -28,7 +28,7 @@ cmd="${1:-demo}"
 case "$cmd" in
     demo) exec "$venv/bin/divekit" recipe run digits-lenet "$@" ;;
     test) exec "$venv/bin/python" -m pytest "$@" ;;
-    bench) exec "$venv/bin/python" benchmarks/lenet_epoch.py "$@" ;;
+    bench) exec "$venv/bin/divekit" bench "$@" ;;
     divekit) exec "$venv/bin/divekit" "$@" ;;
     *) echo "usage: ./run.sh demo|test|bench|divekit [ARGS]" >&2; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
 """One epoch of the course's LeNet on Fashion-MNIST, three ways, in one process.
 
-1. book: the loop as the book writes it (``train_ch6``): a ``DataLoader`` over a per-example
-   dataset, loss and accuracy pulled to Python with ``.item()``/``float()`` every batch.
+1. book: the loop as the book writes it (``train_ch6``, in :mod:`divekit.bench.lenet`): a
+   ``DataLoader`` over a per-example dataset, loss and accuracy pulled to Python with
+   ``.item()``/``float()`` every batch.
 2. divekit: ``Trainer(...).fit`` on the preloaded tensors, ``channels_last``.
 3. bare: a hand-written loop over the same preloaded tensors with no metrics at all, which
    bounds what any trainer can do; ``divekit / bare - 1`` is the Trainer's own overhead.
@@ -18,52 +19,18 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 import divekit as dk
-
-
-class PerExampleDataset(Dataset):
-    """The per-example path of ``torchvision.datasets.FashionMNIST`` with ``ToTensor``
-    (torchvision has no CPU build here): uint8 array -> PIL image -> array -> float tensor."""
-
-    def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images_uint8.squeeze(1).numpy(), labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        image = Image.fromarray(self.images[index], mode="L")
-        tensor = torch.from_numpy(np.array(image, copy=True)).unsqueeze(0)
-        return tensor.float().div(255), int(self.labels[index])
+from divekit.bench.lenet import book_evaluate, book_loaders, book_steps
 
 
 def book_epoch(model, train_loader, test_loader, lr: float) -> float:
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     start = time.perf_counter()
-    model.train()
-    loss_sum = correct = count = 0.0
-    for x, y in train_loader:
-        optimizer.zero_grad()
-        y_hat = model(x)
-        loss = F.cross_entropy(y_hat, y)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            loss_sum += loss.item() * x.shape[0]
-            correct += float((y_hat.argmax(1) == y).sum())
-            count += x.shape[0]
-    model.eval()
-    test_correct = test_count = 0.0
-    with torch.no_grad():
-        for x, y in test_loader:
-            test_correct += float((model(x).argmax(1) == y).sum())
-            test_count += y.numel()
+    for _ in book_steps(model, train_loader, lr):
+        pass
+    book_evaluate(model, test_loader)
     return time.perf_counter() - start
 
 
@@ -104,12 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = dk.load_data("fashion-mnist", batch_size=256)
-    images_uint8 = (data.train[0] * 255).round().to(torch.uint8)
-    train_loader = DataLoader(PerExampleDataset(images_uint8, data.train[1]), batch_size=256,
-                              shuffle=True, num_workers=args.workers)
-    test_uint8 = (data.test[0] * 255).round().to(torch.uint8)
-    test_loader = DataLoader(PerExampleDataset(test_uint8, data.test[1]), batch_size=256,
-                             num_workers=args.workers)
+    train_loader, test_loader = book_loaders(data, args.workers)
 
     # One untimed divekit epoch first: the first fit imports the metrics library (~1 s once
     # per process), which is start-up, not the Trainer's cost per epoch.

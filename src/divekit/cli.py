@@ -388,6 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
                             metavar="KEY=VALUE", help="dataset option (repeatable)")
     show_batch.add_argument("--data-dir")
 
+    bench = commands.add_parser(
+        "bench", help="the book's loops in plain PyTorch against divekit, on this machine",
+        description="Print a Markdown table of training throughput: the book's loop in plain "
+        "PyTorch against divekit (medians of several runs, ratios), with the CPU/GPU name.")
+    bench.add_argument("cases", nargs="*", metavar="CASE",
+                       help="lenet, lstm, transformer, tiny-ssd, allocator (default: all)")
+    bench.add_argument("--quick", action="store_true", help="few steps: about a minute")
+    bench.add_argument("--repeats", type=_positive_int, help="runs per side (default 3 "
+                       "with --quick, else 5)")
+    bench.add_argument("--amp", choices=["bf16"], help="add a divekit column in this autocast "
+                       "precision (the book loop stays fp32)")
+    bench.add_argument("--threads", type=_positive_int, help="PyTorch CPU threads")
+    bench.add_argument("--steps", type=_positive_int, help=argparse.SUPPRESS)  # tests
+
     recipe = commands.add_parser("recipe", help="the course's experiments by name")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", required=True,
                                             metavar="ACTION", parser_class=_Parser)
@@ -431,6 +445,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"evaluated {read_checkpoint(args.run_dir, args.checkpoint)[1]}")
         print(_final_line(metrics))
         return 0
+    if args.command == "bench":
+        from divekit.bench.runner import run
+
+        return run(args.cases, args.quick, args.repeats, args.amp, args.threads, args.steps)
     if args.command == "lr-find":
         return _lr_find(args)
     if args.command == "interpret":
