@@ -42,7 +42,7 @@ def test_a_run_directory_config_is_read_back_as_written(tmp_path, capsys):
                  "--label-smoothing", "0.1", "--out", str(tmp_path), "--quiet"]) == 0
     config = RunConfig.read(tmp_path)
     assert config.trainer.lr == 0.3 and config.trainer.max_epochs == 1
-    assert config.task_options == {"label_smoothing": 0.1, "num_classes": 10}
+    assert config.task_options == {"label_smoothing": 0.1, "num_classes": 10, "flip_test": False}
 
 
 @pytest.mark.parametrize(("content", "fragment"), [

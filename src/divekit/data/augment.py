@@ -130,11 +130,13 @@ class RandomTranslate:
         # The window each output shows, in input pixels: its top-left corner moves by (dx, dy).
         shifts = torch.randint(-s, s + 1, (n, 2), generator=generator)
         padded = F.pad(images, (s, s, s, s), mode="reflect")
-        out = torch.empty_like(images)
-        for dx, dy in shifts.unique(dim=0).tolist():
-            rows = ((shifts[:, 0] == dx) & (shifts[:, 1] == dy)).nonzero().squeeze(1)
-            rows = rows.to(images.device)
-            out[rows] = padded[rows, :, s + dy:s + dy + height, s + dx:s + dx + width]
+        # Output pixel (i, j) of image k is padded pixel (i + s + dy_k, j + s + dx_k).
+        offsets = shifts.to(images.device) + s
+        rows = (torch.arange(height, device=images.device) + offsets[:, 1:]).view(n, 1, -1, 1)
+        cols = (torch.arange(width, device=images.device) + offsets[:, :1]).view(n, 1, 1, -1)
+        channels = images.shape[1]
+        out = padded.gather(2, rows.expand(n, channels, height, padded.shape[3]))
+        out = out.gather(3, cols.expand(n, channels, height, width))
         windows = torch.cat([shifts.double(), torch.tensor([[width, height]], dtype=torch.float64
                                                            ).expand(n, 2)], dim=1)
         return out, crop_targets(targets, windows, (height, width))
