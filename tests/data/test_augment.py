@@ -316,7 +316,7 @@ def test_parse_augment_builds_the_named_transforms():
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("flip,rotate", "unknown augmentation 'rotate'; valid names: flip, vflip, crop"),
+    ("flip,rotate", "unknown augmentation 'rotate'; valid names: flip, vflip, translate, crop"),
     ("flip,,crop", "empty item"),
     ("", "empty item"),
     ("crop=big", "'big' is not a number"),
