@@ -14,6 +14,7 @@ from torch import nn
 
 import divekit as dk
 from divekit.data import DataModule
+from divekit.engine import autotune
 from divekit.engine.lr_finder import LRFinderResult, lr_find, suggest_steep, suggest_valley
 from divekit.errors import DivekitError
 
@@ -398,6 +399,23 @@ def test_fp16_search_restores_the_generator_and_the_following_fit(device, one_th
             {k: v for k, v in row_b.items() if k not in NOISY_KEYS}
     for name, value in model_a.state_dict().items():
         assert torch.equal(value, model_b.state_dict()[name]), name
+
+
+def test_auto_precision_is_measured_and_used_by_the_search(one_thread, monkeypatch, tmp_path):
+    monkeypatch.setenv("DIVEKIT_CACHE", str(tmp_path))
+    calls = []
+
+    def probe(model, batch, task, device, options, **kwargs):  # bf16 measured 2x faster
+        calls.append(options)
+        return autotune.choose({options[0]: 1.0, ("bf16", False): 0.5})
+
+    monkeypatch.setattr(autotune, "probe", probe)
+    search = trainer(amp="auto")
+    auto = lr_find(search, mlp(), toy_data(), num_steps=20)
+    assert len(calls) == 1 and search.amp == "off"  # the Trainer's attributes restored
+    bf16 = lr_find(trainer(amp="bf16"), mlp(), toy_data(), num_steps=20)
+    fp32 = lr_find(trainer(), mlp(), toy_data(), num_steps=20)
+    assert auto.losses == bf16.losses != fp32.losses
 
 
 def test_trainer_method_and_command_line(one_thread, tmp_path, capsys):

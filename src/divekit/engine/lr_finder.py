@@ -179,9 +179,10 @@ def lr_find(
     (num_steps - 1))``; every parameter group keeps its ratio to the Trainer's ``lr``
     (``lr_mult``), or to the first group's rate for an optimizer given as a callable. The
     optimizer (momentum, weight decay, Nesterov), task, device, ``amp`` (with a gradient
-    scaler for fp16), ``channels_last``, ``grad_clip``, ``limit_batches``/``overfit_batches``
-    and ``accumulate`` (a step takes ``accumulate`` consecutive batches) are the Trainer's;
-    the loss is the training loss of each step, before its update. The training loader is
+    scaler for fp16; ``auto`` measured as ``fit`` measures it), ``channels_last``,
+    ``grad_clip``, ``limit_batches``/``overfit_batches`` and ``accumulate`` (a step takes
+    ``accumulate`` consecutive batches) are the Trainer's; the loss is the training loss of
+    each step, before its update. The training loader is
     read batch by batch, pass after pass if it is shorter than the search. Generators are
     seeded with the Trainer's ``seed`` first, so the search is reproducible; the model runs
     without ``compile`` and in one process.
@@ -216,6 +217,9 @@ def lr_find(
     saved_trainer = dict(vars(trainer))
     saved_rng = rng_state()
     try:
+        # amp/channels_last "auto": measured (or read from the cache) as fit would.
+        trainer.task = trainer._task_for(data)
+        trainer._resolve_auto(model.to(trainer.device), _train_loader(trainer, data), None)
         model = trainer._prepare(model)
         snapshot = _ModelSnapshot(model)
         try:
