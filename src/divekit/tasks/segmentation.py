@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from divekit.data.targets import IGNORE
 from divekit.engine.task import Output, register_task
@@ -61,10 +60,15 @@ class Segmentation(Classification):
             raise DivekitError("segmentation metrics need the number of classes: pass data "
                                "with class names, or task=Segmentation(num_classes=C)")
         options = {"ignore_index": IGNORE, "validate_args": False}
+        # Imported here: torchmetrics takes ~2 s to import, which every command would pay.
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+        from divekit.tasks.iou import ClassNamedIoU
+
         metrics = {"pixel_acc": MulticlassAccuracy(self.num_classes, average="micro", **options),
                    "miou": MulticlassJaccardIndex(self.num_classes, average="macro", **options)}
         if self.class_metrics:
-            metrics["iou"] = _ClassNamedIoU(self.num_classes, getattr(self, "class_names", []),
+            metrics["iou"] = ClassNamedIoU(self.num_classes, getattr(self, "class_names", []),
                                             **options)
         return metrics
 
@@ -88,19 +92,3 @@ class Segmentation(Classification):
             lines.append(", ".join(f"{names[i] if i < len(names) else i} {fractions[i]:.1%}"
                                    for i in order.tolist() if counts[i] > 0))
         return lines
-
-
-class _ClassNamedIoU(MulticlassJaccardIndex):
-    """Every class's IoU as a scalar named after it (``iou_cat``), so that it is logged and
-    printed like the other metrics; a class absent from labels and predictions is left out."""
-
-    def __init__(self, num_classes: int, class_names: list[str], **options: Any) -> None:
-        super().__init__(num_classes, average="none", zero_division=float("nan"), **options)
-        self.class_names = class_names
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        values = super().compute()
-        names = self.class_names if len(self.class_names) == len(values) else \
-            [str(i) for i in range(len(values))]
-        return {f"iou_{name}": value for name, value in zip(names, values, strict=True)
-                if not torch.isnan(value)}
