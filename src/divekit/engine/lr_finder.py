@@ -238,7 +238,7 @@ def lr_find(
 
 def _search(trainer, model: nn.Module, data, min_lr: float, max_lr: float, num_steps: int,
             beta: float, diverge: float) -> tuple[list[float], list[float], list[float], bool]:
-    task = trainer._task_for(data)
+    task = trainer.task  # set by lr_find
     trainer.model = model  # what _build_optimizer reads
     optimizer = trainer._build_optimizer()
     base = optimizer.param_groups[0]["lr"] if callable(trainer.optimizer_spec) else trainer.lr
