@@ -48,6 +48,16 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "positive integer"
 
 
+def _switch_or_auto(text: str) -> bool | str:
+    choices = {"on": True, "off": False, "auto": "auto"}
+    if text not in choices:
+        raise ValueError
+    return choices[text]
+
+
+_switch_or_auto.__name__ = "setting (on, off or auto)"
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -180,10 +190,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     add("--amp", choices=AMP_SETTINGS, metavar="MODE",
         help=f"autocast: {', '.join(AMP_SETTINGS)} (auto: time each on the first batch, keep "
-             "fp32 unless another is >10%% faster; also picks the memory format unless "
-             "--channels-last is given)")
+             "fp32 unless another is >10%% faster; also picks the memory format and whether "
+             "to compile unless --channels-last or --compile is given)")
     add("--channels-last", action="store_true", default=None, help="NHWC memory format")
-    add("--compile", action="store_true", default=None, help="torch.compile the model")
+    add("--compile", nargs="?", const=True, type=_switch_or_auto, default=None,
+        metavar="on|off|auto", help="torch.compile the model (alone: on); auto: only if its "
+        "steps, timed, are faster by enough to repay compiling over the run")
     add("--out", type=_run_dir, metavar="RUN_DIR",
         help="run directory (default runs/MODEL-DATA-TIME)")
     add("--overwrite", action="store_true", default=None,
@@ -578,8 +590,10 @@ def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         value = getattr(args, FLAG_FOR_SETTING.get(setting, setting))
         if value is not None:
             values["trainer"][setting] = dict(value) if setting == "lr_mult" else value
-    if args.amp == "auto" and args.channels_last is None:
-        values["trainer"]["channels_last"] = "auto"
+    if args.amp == "auto":
+        for setting in ("channels_last", "compile"):
+            if getattr(args, setting) is None:
+                values["trainer"][setting] = "auto"
     if args.label_smoothing is not None:
         values["task_options"]["label_smoothing"] = args.label_smoothing
     config = RunConfig.from_dict(values, source="the command line")

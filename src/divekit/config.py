@@ -47,7 +47,7 @@ class TrainerSettings:
     device: str = "auto"
     amp: str = "off"
     channels_last: bool | str = False
-    compile: bool = False
+    compile: bool | str = False
     seed: int = 0
     checkpoint_every: int | None = None
     tensorboard: bool = False

@@ -234,3 +234,130 @@ def test_eval_of_an_auto_run_uses_the_precision_it_trained_in(tmp_path, monkeypa
     experiment.train(config, tmp_path / "run", progress=False)
     trainer, _, _ = experiment.load_run(tmp_path / "run")
     assert (trainer.amp, trainer.channels_last) == ("bf16", True)
+
+
+# ------------------------------------------------------------------ compile="auto"
+def test_compile_pays_only_when_faster_steps_repay_twice_the_compiling():
+    verdict = autotune.compile_verdict
+    assert verdict(1.0, 0.5, 30.0, 1000) == (
+        True, "compile: 0.50x the step time, saves ~500 s over 1,000 steps for ~60 s of "
+              "compiling, compiling")
+    assert verdict(1.0, 0.5, 30.0, 100) == (  # 50 s saved, 60 s spent
+        False, "compile: 0.50x the step time, saves ~50 s over 100 steps for ~60 s of "
+               "compiling, not compiling")
+    assert verdict(1.0, 0.95, 1.0, 10**6)[0] is False  # within the margin: not worth it
+    assert verdict(1.0, 1.25, 10.0, 400) == (
+        False, "compile: 1.25x the step time, loses ~100 s over 400 steps for ~20 s of "
+               "compiling, not compiling")
+
+
+def test_probe_compile_times_a_compiled_copy_and_leaves_the_model_alone(blob_data,
+                                                                        monkeypatch):
+    model, task = small_cnn(), create_task("classification")
+    batch = (blob_data.train[0][:32], blob_data.train[1][:32])
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    clock = FakeClock([30.0, 1.0, 3.0, 2.0])
+    assert autotune.probe_compile(model, batch, task, CPU, FP32, timer=clock) == (30.0, 2.0)
+    assert len(compiled) == 1 and compiled[0] is not model
+    assert all(torch.equal(t, weights[k]) for k, t in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def fp32_probe(model, batch, task, device, options, **kwargs):
+    """Stands in for autotune.probe: fp32 (the only candidate) takes 10 s a step."""
+    return choose({options[0]: 10.0}, where="the test machine")
+
+
+class FakeCompileProbe:
+    """Stands in for autotune.probe_compile: counts calls, returns (first call, step)."""
+
+    def __init__(self, first_call, step):
+        self.result, self.calls = (first_call, step), 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.result
+
+
+def test_compile_auto_compiles_a_long_enough_run_and_records_it(blob_data, tmp_path,
+                                                                monkeypatch, capsys):
+    fake = FakeCompileProbe(30.0, 5.0)
+    compiled = []
+    monkeypatch.setattr(autotune, "probe", fp32_probe)
+    monkeypatch.setattr(autotune, "probe_compile", fake)
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    # 16 steps of 10 s, 5 s each compiled: saves 80 s for 2 x 30 s of compiling.
+    trainer = dk.Trainer(max_epochs=1, lr=0.1, compile="auto", out_dir=tmp_path / "run")
+    trainer.fit(small_cnn(), blob_data)
+    assert trainer.compile is True and compiled == [trainer.model] and fake.calls == 1
+    reason = ("fp32: no other candidate to try on the test machine; compile: 0.50x the step "
+              "time, saves ~80 s over 16 steps for ~60 s of compiling, compiling")
+    assert f"autotune: {reason}\n" in capsys.readouterr().out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["trainer"]["compile"] == "auto"
+    assert config["autotune"] == {"amp": "off", "channels_last": False, "compile": True,
+                                  "timings": {"fp32": 10.0, "first compiled call": 30.0,
+                                              "compiled fp32": 5.0}, "reason": reason}
+    # A run of 12 steps reads the timings from the cache and is not worth compiling.
+    shorter = dk.Trainer(max_epochs=1, lr=0.1, compile="auto", limit_batches=12,
+                         progress=False)
+    shorter.fit(small_cnn(), blob_data)
+    assert fake.calls == 1 and shorter.compile is False and len(compiled) == 1
+    assert shorter.autotune.reason.endswith("saves ~60 s over 12 steps for ~60 s of "
+                                            "compiling, not compiling")
+
+
+def test_compile_auto_does_not_try_a_short_run_or_a_model_that_fails(blob_data, monkeypatch):
+    monkeypatch.setattr(autotune, "probe", fp32_probe)
+    fake = FakeCompileProbe(30.0, 5.0)
+    monkeypatch.setattr(autotune, "probe_compile", fake)
+    short = dk.Trainer(max_epochs=1, lr=0.1, compile="auto", limit_batches=11, progress=False)
+    short.fit(small_cnn(), blob_data)
+    assert fake.calls == 0 and short.compile is False
+    assert short.autotune.reason.endswith("compile: not tried, the run is ~110 s of steps, too "
+                                          "short to repay compiling")
+    monkeypatch.setattr(autotune, "probe_compile", lambda *args, **kwargs: None)
+    failing = dk.Trainer(max_epochs=2, lr=0.1, compile="auto", progress=False)
+    failing.fit(small_cnn(), blob_data)
+    assert failing.compile is False
+    assert failing.autotune.reason.endswith("compile: failed here, not compiling")
+
+
+def test_resume_keeps_the_recorded_compile_choice():
+    trainer = dk.Trainer(compile="auto", device="cpu")
+    record = ProbeResult(FP32, {"fp32": 1.0}, "r", compile=True).to_dict()
+    assert trainer.use_recorded_choice({"config": {"autotune": record}}) and trainer.compile
+    del record["compile"]  # written before compile was measured
+    assert trainer.use_recorded_choice({"config": {"autotune": record}})
+    assert trainer.compile is False
+    fixed = dk.Trainer(compile=True, amp="auto", device="cpu")
+    assert fixed.use_recorded_choice({"config": {"autotune": record}}) and fixed.compile
+
+
+def test_compile_settings_and_flags():
+    with pytest.raises(DivekitError, match="compile must be true, false or 'auto', got 'yes'"):
+        dk.Trainer(compile="yes", device="cpu")
+    parser = build_parser()
+    for flags, expected in ((["--compile"], True), (["--compile", "auto"], "auto"),
+                            (["--compile", "on"], True), (["--amp", "auto"], "auto"),
+                            (["--amp", "auto", "--compile"], True),
+                            (["--amp", "auto", "--compile", "off"], False), ([], False)):
+        args = parser.parse_args(["train", "small-cnn", *flags])
+        assert _apply_flags(RunConfig("small-cnn"), args).trainer.compile == expected, flags
+
+
+@pytest.mark.slow
+def test_compile_auto_measures_a_real_compile_and_follows_its_verdict(blob_data, monkeypatch):
+    monkeypatch.setattr(autotune, "COMPILE_WORTH", 0.0)  # a tiny run: try it anyway
+    trainer = dk.Trainer(max_epochs=1, lr=0.1, compile="auto", progress=False)
+    trainer.fit(small_cnn(dropout=0.0), blob_data)
+    timings = trainer.autotune.timings
+    assert timings["first compiled call"] > timings["compiled fp32"] > 0
+    use, verdict = autotune.compile_verdict(timings["fp32"], timings["compiled fp32"],
+                                            timings["first compiled call"], 16)
+    assert trainer.compile is use and trainer.autotune.reason.endswith(verdict)
+    assert trainer.history[-1]["test_acc"] > 0.9

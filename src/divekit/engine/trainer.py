@@ -122,7 +122,11 @@ class Trainer:
             ``config.json`` and reused on resume. Before ``fit`` resolves it: fp32.
         channels_last: store conv weights and image batches NHWC (faster conv kernels), or
             ``auto``: measured with the precision, as ``amp="auto"`` is.
-        compile: wrap the model in ``torch.compile``.
+        compile: wrap the model in ``torch.compile``, or ``auto``: after the precision and
+            memory format are chosen, time their steps compiled and compile only if the run
+            (``max_epochs`` x batches, or ``max_steps``) is long enough for the faster steps
+            to repay twice the compiling time (:func:`~divekit.engine.autotune.compile_verdict`;
+            runs under two minutes are not tried); printed and recorded as ``amp`` is.
         seed: seeds every generator at the start of ``fit``.
         out_dir: run directory for config, metrics, plots and checkpoints, and at the end of
             ``fit`` the test split's metrics of the final weights (``test_metrics.json``, also
@@ -164,7 +168,7 @@ class Trainer:
         device: str = "auto",
         amp: str = "off",
         channels_last: bool | str = False,
-        compile: bool = False,
+        compile: bool | str = False,
         seed: int = 0,
         out_dir: str | Path | None = None,
         checkpoint_every: int | None = None,
@@ -229,12 +233,16 @@ class Trainer:
         if channels_last not in (True, False, "auto"):
             raise DivekitError(f"channels_last must be true, false or 'auto', got "
                                f"{channels_last!r}")
-        # The settings as given; ``amp``/``channels_last`` are what runs (``fit`` resolves auto).
+        if compile not in (True, False, "auto"):
+            raise DivekitError(f"compile must be true, false or 'auto', got {compile!r}")
+        # The settings as given; ``amp``/``channels_last``/``compile`` are what runs (``fit``
+        # resolves auto).
         self.amp_setting, self.channels_last_setting = amp, channels_last
+        self.compile_setting = compile
         self.amp = "off" if amp == "auto" else amp
-        self.channels_last = channels_last is True
+        self.channels_last, self.compile = channels_last is True, compile is True
         self.autotune: autotune.ProbeResult | None = None
-        self.progress, self.compile = progress, compile
+        self.progress = progress
         self.seed = seed
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if checkpoint_every is not None:
@@ -289,8 +297,13 @@ class Trainer:
         self.task = self._task_for(data)
         self.data_summary = repr(data)
         train_loader = self._shard(data.train_dataloader())
+        self.train_loader = limited(train_loader, self.limit_batches, self.overfit_batches)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
+        self.total_steps = self.max_epochs * self.steps_per_epoch
+        if self.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.max_steps)
         state = self._checkpoint(resume) if resume else None
-        self._resolve_auto(model.to(self.device), train_loader, state)
+        self._resolve_auto(model.to(self.device), train_loader, state, self.total_steps)
         self.model = self._prepare(model)
         self.forward = self.model
         self.eval_model = self.model  # a callback may evaluate other weights (WeightAverage)
@@ -298,23 +311,17 @@ class Trainer:
             self.forward = nn.parallel.DistributedDataParallel(self.model)
         if self.compile:
             self.forward = torch.compile(self.forward)
-        self.train_loader = train_loader
         eval_loader = data.val_dataloader()
         self.eval_split = "val" if eval_loader is not None else "test"
         if eval_loader is None:
             eval_loader = data.test_dataloader()
-        self.train_loader = limited(self.train_loader, self.limit_batches, self.overfit_batches)
         if self.overfit_batches:  # evaluated on the batches it memorises
             eval_loader, self.eval_split = self.train_loader, "overfit"
         self.monitor = self.monitor_spec or self.task.monitor
         if not self.monitor.startswith(("train_", "val_", "test_", "overfit_")):
             self.monitor = f"{self.eval_split}_{self.monitor}"
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
         self.optimizer = self._build_optimizer()
         warmup_steps = round(self.warmup_epochs * self.steps_per_epoch)
-        self.total_steps = self.max_epochs * self.steps_per_epoch
-        if self.max_steps is not None:
-            self.total_steps = min(self.total_steps, self.max_steps)
         self.scheduler = build_scheduler(self.schedule, self.optimizer, self.total_steps,
                                          warmup_steps=warmup_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
@@ -589,38 +596,47 @@ class Trainer:
                   f"a run", file=sys.stderr, flush=True)
         self._warned_divergence = True
 
-    def _resolve_auto(self, model: nn.Module, loader, state: dict[str, Any] | None) -> None:
-        """Set ``amp``/``channels_last`` for ``auto``: the checkpoint's recorded choice on
-        resume (so it continues exactly), else measured on the first training batch (or
-        cached); under ``torchrun`` rank 0 measures and every process takes its choice."""
+    def _resolve_auto(self, model: nn.Module, loader, state: dict[str, Any] | None,
+                      steps: int | None = None) -> None:
+        """Set ``amp``/``channels_last``/``compile`` for ``auto``: the checkpoint's recorded
+        choice on resume (so it continues exactly), else measured on the first training batch
+        (or cached), ``compile`` for a run of ``steps`` optimizer steps (``None``: not
+        compiled); under ``torchrun`` rank 0 measures and every process takes its choice."""
         self.amp = "off" if self.amp_setting == "auto" else self.amp_setting
         self.channels_last = self.channels_last_setting is True
+        self.compile = self.compile_setting is True
         self.autotune = None
-        if "auto" not in (self.amp_setting, self.channels_last_setting):
+        if "auto" not in (self.amp_setting, self.channels_last_setting, self.compile_setting):
             return
         if self.use_recorded_choice(state):
             note = " (recorded in the run)"
         else:
-            result, note = self._measure(model, loader) if self.rank == 0 else (None, "")
+            result, note = self._measure(model, loader, steps) if self.rank == 0 else (None, "")
             if self.world_size > 1:
                 result = autotune.ProbeResult.from_dict(
                     distributed.gather(result.to_dict() if result else None)[0])
-            self.autotune = result
-            self.amp, self.channels_last = result.choice
+            self._use(result)
         if self.progress and self.rank == 0:
             print(f"autotune: {self.autotune.reason}{note}", flush=True)
 
     def use_recorded_choice(self, state: dict[str, Any] | None) -> bool:
-        """Run in the precision and memory format that the checkpoint ``state``'s run chose
-        with ``auto``; ``False`` (nothing changed) when it recorded no choice."""
+        """Run in the precision, memory format and compilation that the checkpoint
+        ``state``'s run chose with ``auto``; ``False`` (nothing changed) when it recorded no
+        choice."""
         recorded = (state or {}).get("config", {}).get("autotune")
         if recorded is None:
             return False
-        self.autotune = autotune.ProbeResult.from_dict(recorded)
-        self.amp, self.channels_last = self.autotune.choice
+        self._use(autotune.ProbeResult.from_dict(recorded))
         return True
 
-    def _measure(self, model: nn.Module, loader) -> tuple[autotune.ProbeResult, str]:
+    def _use(self, result: autotune.ProbeResult) -> None:
+        self.autotune = result
+        self.amp, self.channels_last = result.choice
+        if self.compile_setting == "auto":
+            self.compile = result.compile
+
+    def _measure(self, model: nn.Module, loader, steps: int | None
+                 ) -> tuple[autotune.ProbeResult, str]:
         """The probe's (or the cache's) result on ``loader``'s first batch, and a note
         saying which; reading the batch leaves every random generator as it was."""
         generators = rng_state()
@@ -633,12 +649,45 @@ class Trainer:
         options = autotune.candidates(self.device, batch, self.amp_setting,
                                       self.channels_last_setting)
         key = autotune.cache_key(model, batch, self.device, options)
-        result = autotune.cached(key)
-        if result is not None:
-            return result, " (cached)"
-        result = autotune.probe(model, batch, self.task, self.device, options)
-        autotune.store(key, result)
-        return result, ""
+        result, note = autotune.cached(key), " (cached)"
+        if result is None:
+            result, note = autotune.probe(model, batch, self.task, self.device, options), ""
+            autotune.store(key, result)
+        if self.compile_setting != "auto" or steps is None:
+            return result, note
+        return self._measure_compile(model, batch, result, key, steps, note)
+
+    def _measure_compile(self, model: nn.Module, batch, result: autotune.ProbeResult,
+                         key: str, steps: int, note: str) -> tuple[autotune.ProbeResult, str]:
+        """``result`` with the compile verdict for a run of ``steps`` steps: not tried for a
+        short run, else timed (or read from the cache) and judged by
+        :func:`~divekit.engine.autotune.compile_verdict`."""
+        name = autotune.label(result.choice)
+        eager = result.timings.get(name)
+        if eager is None:  # the model could not be timed: nothing to compare
+            return result, note
+        if eager * steps < autotune.COMPILE_WORTH:
+            verdict = (f"compile: not tried, the run is ~{eager * steps:.0f} s of steps, too "
+                       f"short to repay compiling")
+            return dataclasses.replace(result, reason=f"{result.reason}; {verdict}"), note
+        compile_key = f"{key} compile {name}"
+        timed = autotune.cached(compile_key)
+        if timed is None:
+            note = ""
+            measured = autotune.probe_compile(model, batch, self.task, self.device,
+                                              result.choice)
+            timed = autotune.ProbeResult(result.choice, {} if measured is None else {
+                "first compiled call": measured[0], f"compiled {name}": measured[1]},
+                "could not be compiled" if measured is None else "")
+            autotune.store(compile_key, timed)
+        if not timed.timings:
+            verdict, use = "compile: failed here, not compiling", False
+        else:
+            use, verdict = autotune.compile_verdict(eager, timed.timings[f"compiled {name}"],
+                                                    timed.timings["first compiled call"],
+                                                    steps)
+        return dataclasses.replace(result, timings={**result.timings, **timed.timings},
+                                   reason=f"{result.reason}; {verdict}", compile=use), note
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
@@ -657,7 +706,7 @@ class Trainer:
         """The resolved settings, as written to ``config.json``: the extra entries given to
         the Trainer, the task and its options, and every :class:`TrainerSettings` field."""
         attributes = {"optimizer": "optimizer_spec", "amp": "amp_setting",
-                      "channels_last": "channels_last_setting"}
+                      "channels_last": "channels_last_setting", "compile": "compile_setting"}
         settings = {item.name: getattr(self, attributes.get(item.name, item.name))
                     for item in dataclasses.fields(TrainerSettings)}
         if not isinstance(self.optimizer_spec, str):

@@ -19,20 +19,21 @@ def _scenes(model: str, epochs: int, lr: float, batch_size: int, *, weight_decay
 add_recipe(Recipe(
     "tiny-ssd-bananas", "14.7 Single Shot Multibox Detection",
     "The course's TinySSD on 1,000 generated banana images (256x256), SGD lr 0.2, wd 5e-4, "
-    "batch 32, 20 epochs; precision and memory format measured (amp auto: channels_last was "
-    "1.9x fp32 speed on a 2-core EPYC, bf16 1.8x more on a CPU with fast bf16)",
+    "batch 32, 20 epochs; precision, memory format and compiling measured (amp auto: "
+    "channels_last was 1.9x fp32 speed on a 2-core EPYC, bf16 1.8x more on a CPU with fast "
+    "bf16)",
     _run("tiny-ssd", "bananas", 32, max_epochs=20, lr=0.2, weight_decay=5e-4,
-         amp="auto", channels_last="auto"),
+         amp="auto", channels_last="auto", compile="auto"),
     book="class err 3.22e-3, bbox MAE 3.16e-3 (training set, real banana-detection)",
     target="held-out mAP@0.5 >= 0.95 on the 100 generated validation images",
 ))
 add_recipe(Recipe(
     "tiny-ssd-bananas-fast", "14.7 Single Shot Multibox Detection",
     "The course's TinySSD on the same bananas with AdamW one-cycle lr 3e-3, wd 5e-4, batch 16, "
-    "flips, 12 epochs, precision and memory format measured (amp auto)",
+    "flips, 12 epochs, precision, memory format and compiling measured (amp auto)",
     dataclasses.replace(_run("tiny-ssd", "bananas", 16, max_epochs=12, optimizer="adamw",
-                             lr=3e-3, weight_decay=5e-4, schedule="onecycle",
-                             amp="auto", channels_last="auto"), augment="flip"),
+                             lr=3e-3, weight_decay=5e-4, schedule="onecycle", amp="auto",
+                             channels_last="auto", compile="auto"), augment="flip"),
     target="held-out mAP@0.5 above the book schedule's in less time",
 ))
 add_recipe(Recipe(

@@ -71,11 +71,11 @@ add_recipe(Recipe(
 
 def cpu_run(model: str, epochs: int) -> dict:
     """Native 28x28 Fashion-MNIST, standardised: one-cycle SGD with Nesterov momentum; the
-    precision and memory format measured on the machine (amp auto)."""
+    precision, memory format and compiling measured on the machine (amp auto)."""
     return training_run(model, "fashion-mnist", 256, data_options={"normalize": True},
                         max_epochs=epochs, lr=0.2, momentum=0.9, nesterov=True,
                         weight_decay=5e-4, schedule="onecycle", amp="auto",
-                        channels_last="auto")
+                        channels_last="auto", compile="auto")
 
 
 add_recipe(Recipe(
