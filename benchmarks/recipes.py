@@ -3,8 +3,10 @@
     DIVEKIT_DATA=../shared/data python benchmarks/recipes.py [NAME_PATTERN]
 
 The recipes below carry a target that is about time as well as accuracy ("within N minutes of
-training on a 2-core CPU"), which a test cannot hold without a timed assertion; this script
-checks them and exits with status 1 when one is missed. Run it on an otherwise idle machine.
+training on a 2-core CPU"), which a test cannot hold without a timed assertion, or one whose
+whole run is too long for the test suite (its learning test runs a smaller budget); this
+script checks them and exits with status 1 when one is missed. Run it on an otherwise idle
+machine.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from pathlib import Path
 from divekit import experiment
 from divekit.recipes import get_recipe, list_recipes
 
-# recipe: (final metric, comparison, bound, most seconds of training)
+# recipe: (final metric, comparison, bound, most seconds of training or None)
 TARGETS = {
+    "lenet-bn-fashion-mnist": ("test_acc", operator.ge, 0.80, None),
+    "lenet-bn-scratch-fashion-mnist": ("test_acc", operator.ge, 0.85, None),
     "fashion-mnist-fast": ("test_acc", operator.ge, 0.91, 30),
     "fashion-mnist-2min": ("test_acc", operator.ge, 0.93, 120),
     "resnet-cpu-fashion-mnist": ("test_acc", operator.ge, 0.92, 600),
@@ -48,9 +52,9 @@ def main() -> int:
         verdict = ""
         if name in TARGETS:
             key, compare, bound, budget = TARGETS[name]
-            met = compare(test[key], bound) and seconds <= budget
-            verdict = f"  target {key} {compare.__name__} {bound} in {budget} s: " + \
-                ("met" if met else "MISSED")
+            met = compare(test[key], bound) and (budget is None or seconds <= budget)
+            verdict = f"  target {key} {compare.__name__} {bound}" + \
+                (f" in {budget} s: " if budget else ": ") + ("met" if met else "MISSED")
             if not met:
                 missed.append(name)
         print(f"{name:<30} {len(history):>3} epochs  {metric} {test[metric]:.4f}  "

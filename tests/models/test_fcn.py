@@ -10,7 +10,7 @@ from divekit.models.fcn import FCN
 
 # The learning test's budget and floor (see test_fcn_learns_scene_segmentation).
 LEARN_IMAGES, LEARN_EPOCHS, LEARN_WIDTHS = 1600, 6, (16, 32, 64, 128)
-FCN_FLOOR = 0.22  # measured 0.307 (pixel accuracy 0.913); background alone scores ~0.13
+FCN_FLOOR = 0.22  # measured 0.321 (pixel acc 0.916; 0.307 on one thread); background alone ~0.13
 
 
 def test_the_course_fcn_maps_a_320x480_crop_to_21_scores_per_pixel():
@@ -83,7 +83,7 @@ def test_imagenet_resnet18_weights_load_into_the_backbone(tmp_path):
 
 
 @pytest.mark.slow
-def test_fcn_learns_scene_segmentation(one_thread):
+def test_fcn_learns_scene_segmentation():
     # A smaller budget than the fcn-scenes recipe: a half-width fcn-cpu, LEARN_IMAGES generated
     # scenes, LEARN_EPOCHS epochs of AdamW one-cycle (batch 16) with flips; held-out mIoU over
     # the 7 classes (background alone, what an untrained model predicts, scores ~0.13).

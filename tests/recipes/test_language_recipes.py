@@ -97,7 +97,7 @@ def train_recipe(name: str) -> list[dict]:
 @pytest.mark.parametrize("name, bound", [("gru-lm-timemachine-book", 6.55),
                                          ("rnn-lm-timemachine-book", 7.2),
                                          ("lstm-lm-timemachine-book", 6.7)])
-def test_book_recipe_reaches_the_books_validation_perplexity(name, bound, one_thread):
+def test_book_recipe_reaches_the_books_validation_perplexity(name, bound):
     history = train_recipe(name)
     assert history[-1]["val_ppl"] <= bound
     assert history[-1]["train_ppl"] < history[-1]["val_ppl"]
