@@ -416,6 +416,8 @@ def test_auto_precision_is_measured_and_used_by_the_search(one_thread, monkeypat
     bf16 = lr_find(trainer(amp="bf16"), mlp(), toy_data(), num_steps=20)
     fp32 = lr_find(trainer(), mlp(), toy_data(), num_steps=20)
     assert auto.losses == bf16.losses != fp32.losses
+    lr_find(trainer(compile="auto"), mlp(), toy_data(), num_steps=20)
+    assert len(calls) == 1  # the search runs uncompiled: nothing to measure
 
 
 def test_trainer_method_and_command_line(one_thread, tmp_path, capsys):

@@ -606,7 +606,10 @@ class Trainer:
         self.channels_last = self.channels_last_setting is True
         self.compile = self.compile_setting is True
         self.autotune = None
-        if "auto" not in (self.amp_setting, self.channels_last_setting, self.compile_setting):
+        settings = [self.amp_setting, self.channels_last_setting]
+        if steps is not None:  # compiling is judged for a run (lr_find runs uncompiled)
+            settings.append(self.compile_setting)
+        if "auto" not in settings:
             return
         if self.use_recorded_choice(state):
             note = " (recorded in the run)"
