@@ -314,7 +314,7 @@ def test_language_model_summary():
     summary = summary_for("lstm-lm", num_classes=28)
     assert summary.input_size == (1, 35)
     lstm = next(row for row in summary.rows if row.type == "LSTM")
-    assert lstm.output_shape == (1, 35, 32)
+    assert lstm.output_shape == (35, 1, 32)  # the layer runs time-major
     assert lstm.macs == 35 * 4 * 32 * (28 + 32)
 
 

@@ -25,7 +25,9 @@ HIDDEN, BATCH_SIZE, NUM_STEPS, LR = 32, 1024, 32, 4.0
 
 
 class PlainLSTMLM(nn.Module):
-    """One-hot characters -> ``nn.LSTM`` -> ``nn.Linear`` (the layers of divekit's ``lstm-lm``).
+    """One-hot characters -> ``nn.LSTM`` -> ``nn.Linear`` (the layers of divekit's ``lstm-lm``),
+    time-major as the book's concise model runs them (one-hot of ``x.T``, the layer's default
+    ``(steps, batch, features)`` layout, the logits' axes swapped back at the end).
 
     Shape:
         x: ``(batch, steps)`` token ids -> logits ``(batch, steps, vocab_size)``.
@@ -34,12 +36,12 @@ class PlainLSTMLM(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int) -> None:
         super().__init__()
         self.vocab_size = vocab_size
-        self.rnn = nn.LSTM(vocab_size, hidden_size, batch_first=True)
+        self.rnn = nn.LSTM(vocab_size, hidden_size)
         self.output = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs, _ = self.rnn(F.one_hot(x, self.vocab_size).float())
-        return self.output(outputs)
+        outputs, _ = self.rnn(F.one_hot(x.T, self.vocab_size).float())
+        return self.output(outputs).swapaxes(0, 1)
 
 
 def book_steps(model: nn.Module, batches, lr: float,
