@@ -74,9 +74,25 @@ def test_list(capsys):
      (["list", "things"], ["things", "models"]),
      (["eval", "/nonexistent/run"], ["not a run directory"])],
 )
-def test_bad_input_is_one_line_without_traceback(capsys, args, fragments):
+def test_bad_input_is_one_line_without_traceback(capsys, args, fragments, tmp_path,
+                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a default run folder (runs/MODEL-DATA-TIME) would go
     status, _, err = cli(capsys, *args)
     one_line_error(status, err, *fragments)
+    assert not list(tmp_path.glob("runs/*")), "a refused run left a folder"
+
+
+def test_a_run_refused_after_its_folder_was_made_leaves_no_empty_folder(capsys, tmp_path):
+    out = tmp_path / "new" / "run"
+    status, _, err = cli(capsys, "train", "bilstm-tagger", "--data", "timemachine",
+                         "--out", str(out))
+    one_line_error(status, err, "'bilstm-tagger' is a token-classification model")
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)  # a folder the user made is never removed
+    status, _, _ = cli(capsys, "train", "bilstm-tagger", "--data", "timemachine",
+                       "--out", str(kept / "notes"))
+    assert status == 2 and (kept / "notes").is_dir()
 
 
 def test_missing_dataset_offline_names_files_folder_and_remedy(tmp_path):

@@ -77,14 +77,21 @@ def train(config: RunConfig, out_dir: Path, *, resume: bool = False, overwrite: 
     out_dir = Path(out_dir)
     # The Trainer checks its settings (device, amp, ...) before any data is read.
     trainer = trainer_for(config, out_dir=out_dir, progress=progress)
-    with RunLock(out_dir) if trainer.rank == 0 else contextlib.nullcontext():
-        if trainer.rank == 0:
-            claim(out_dir, resume, overwrite)  # before the data is read: a refusal is quick
-        data, model = build(config, data_dir, pretrained=not resume)
-        data.device = trainer.device
-        if trainer.rank == 0:
-            data.save_artifacts(out_dir)
-        history = trainer.fit(model, data, resume=resume, overwrite=overwrite)
+    made = not out_dir.exists()
+    try:
+        with RunLock(out_dir) if trainer.rank == 0 else contextlib.nullcontext():
+            if trainer.rank == 0:
+                claim(out_dir, resume, overwrite)  # before the data is read: a refusal is quick
+            data, model = build(config, data_dir, pretrained=not resume)
+            data.device = trainer.device
+            if trainer.rank == 0:
+                data.save_artifacts(out_dir)
+            history = trainer.fit(model, data, resume=resume, overwrite=overwrite)
+    except BaseException:
+        if made:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only ever removes an empty folder
+        raise
     return history, trainer.test_metrics
 
 
