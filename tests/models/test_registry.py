@@ -79,8 +79,14 @@ def small_example(name):
     if bert:  # a 2-layer, 32-wide encoder of any size's kind over a 10-token vocabulary
         options |= {"vocab_size": 10, "num_layers": 2, "num_hiddens": 32, "num_heads": 2,
                     "ffn_num_hiddens": 48}
+    if info.task == "token-classification" and not bert:  # the BiLSTM tagger
+        options |= {"vocab_size": 10, "num_classes": 4}
     torch.manual_seed(0)
     model = dk.create_model(name, **options)
+    if info.task == "token-classification" and not bert:  # (tokens, segments, valid_len)
+        inputs = (torch.randint(0, 10, (3, 7)), torch.zeros(3, 7, dtype=torch.long),
+                  torch.tensor([7, 4, 2]))
+        return model, inputs, (3, 7, 4)
     if bert:  # (tokens, segments, valid_len); pretraining: MLM logits at every position
         inputs = (torch.randint(0, 10, (3, 7)), torch.randint(0, 2, (3, 7)),
                   torch.tensor([7, 4, 2]))

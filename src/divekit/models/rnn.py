@@ -233,22 +233,66 @@ def deep_gru_lm(
                             dropout)
 
 
-@_lm("bilstm-tagger", "10.4", params=17_692)
-def bilstm_tagger(
-    num_classes: int = 28, hidden_size: int = 32, num_layers: int = 1,
-    embedding_dim: int | None = None, dropout: float = 0.0,
-) -> nn.Module:
-    """Bidirectional LSTM: sees the future, so for tagging/feature extraction, not generation.
+class BiLSTMTagger(nn.Module):
+    """A bidirectional LSTM tagger (10.4): one label per input token, from both directions'
+    hidden states, so the tag of token ``t`` can depend on the tokens after it.
 
-    Its output at step ``t`` depends on the tokens after ``t``. Trained on next-token targets
-    it reads the answer (``x[t + 1]`` is ``targets[t]``), so its perplexity says nothing about
-    language modelling; its :meth:`RNNLanguageModel.step` refuses, so it cannot generate text.
-    Use it with one label per input token (tags), or take its hidden states as features.
+    Embeddings -> dropout -> ``nn.LSTM(bidirectional=True)`` -> dropout -> a linear layer over
+    the concatenated states. Given ``valid_len``, each sequence is packed to its length, so
+    the backward direction starts at the sequence's own last token, not at the padding: the
+    outputs of a padded sequence equal those of the sequence alone.
+
+    Shape:
+        tokens: ``(B, T)`` token ids; ``segments`` (ignored: one sentence per input, as the
+        word-tagging data's batches carry them) and ``valid_len``: ``(B,)`` tokens that are
+        not padding -> logits ``(B, T, num_classes)`` (the output bias at padded positions).
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 64,
+                 hidden_size: int = 64, num_layers: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("num_classes", num_classes),
+                            ("embedding_dim", embedding_dim), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            _check_positive(name, value)
+        if not 0 <= dropout < 1:
+            raise DivekitError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.rnn = nn.LSTM(embedding_dim, hidden_size, num_layers, bidirectional=True,
+                           dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(2 * hidden_size, num_classes)
+
+    def forward(self, tokens: torch.Tensor, segments: torch.Tensor | None = None,
+                valid_len: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 \
+                or tokens.dtype != torch.long:
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) \
+                else type(tokens).__name__
+            raise DivekitError(f"the input must be an int64 tensor of token indices of shape "
+                               f"(batch, steps), got {shape}")
+        inputs = self.dropout(self.embedding(tokens.T))  # time-major, as in RNNLanguageModel
+        if valid_len is None:
+            outputs, _ = self.rnn(inputs)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(inputs, valid_len.cpu(),
+                                                       enforce_sorted=False)
+            outputs, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0],
+                                                          total_length=tokens.shape[1])
+        return self.output(self.dropout(outputs)).transpose(0, 1)
+
+
+@register_model("bilstm-tagger", family="rnn", section=SECTIONS["10.4"],
+                task="token-classification", input_shape=(35,), params=580_753)
+def bilstm_tagger(
+    vocab_size: int = 8000, num_classes: int = 17, embedding_dim: int = 64,
+    hidden_size: int = 64, num_layers: int = 1, dropout: float = 0.0,
+) -> nn.Module:
+    """Bidirectional LSTM tagger (word pieces in, one tag per piece; e.g. ud-ewt-pos, wnut-17).
 
     Args:
-        num_classes: the vocabulary size, of the input tokens and of the per-token outputs
-            (``create_model`` takes it from the data).
-        hidden_size, num_layers, embedding_dim, dropout: see :class:`RNNLanguageModel`.
+        vocab_size, num_classes: the tokenizer's size and the number of tags
+            (``create_model`` takes both from the data).
+        embedding_dim, hidden_size, num_layers, dropout: see :class:`BiLSTMTagger`.
     """
-    return RNNLanguageModel(num_classes, "lstm", hidden_size, num_layers, True, embedding_dim,
-                            dropout)
+    return BiLSTMTagger(vocab_size, num_classes, embedding_dim, hidden_size, num_layers, dropout)
