@@ -361,3 +361,42 @@ def test_compile_auto_measures_a_real_compile_and_follows_its_verdict(blob_data,
                                             timings["first compiled call"], 16)
     assert trainer.compile is use and trainer.autotune.reason.endswith(verdict)
     assert trainer.history[-1]["test_acc"] > 0.9
+
+
+GRAPH_BREAK_SCRIPT = """
+import sys, torch
+from divekit.engine import autotune
+from divekit.engine.task import create_task
+
+class BreaksTheGraph(torch.nn.Module):  # a data-dependent branch: compile splits the graph
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        y = self.linear(x.flatten(1))
+        if bool((y > 1e6).any()):
+            y = y * 0
+        return y
+
+batch = (torch.randn(8, 1, 8, 8), torch.randint(4, (8,)))
+if sys.argv[1] == "probe":
+    print(autotune.probe_compile(BreaksTheGraph(), batch, create_task("classification"),
+                                 torch.device("cpu"), ("off", False)))
+else:
+    torch.compile(BreaksTheGraph())(batch[0]).sum().backward()
+"""
+
+
+@pytest.mark.slow
+def test_the_compile_probe_keeps_dynamos_graph_break_advice_to_itself(tmp_path):
+    # Separate processes: dynamo gives its advice once per process.
+    import subprocess
+    import sys
+
+    script = tmp_path / "breaks.py"
+    script.write_text(GRAPH_BREAK_SCRIPT)
+    by_hand, probed = (subprocess.run([sys.executable, str(script), how], capture_output=True,
+                                      text=True, check=True) for how in ("hand", "probe"))
+    assert "Graph break" in by_hand.stderr
+    assert "Graph break" not in probed.stderr and probed.stdout.startswith("(")

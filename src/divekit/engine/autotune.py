@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import statistics
@@ -172,11 +173,16 @@ def probe_compile(model: nn.Module, batch: Any, task: Task, device: torch.device
     compile here (no C++ compiler, an unsupported operator). Like :func:`probe`, it works on
     a copy and leaves every random generator as it was."""
     generators = rng_state()
+    # Dynamo's advice on graph breaks is for someone who chose to compile, not for a probe.
+    dynamo_log = logging.getLogger("torch._dynamo")
+    level = dynamo_log.level
+    dynamo_log.setLevel(logging.ERROR)
     try:
         times = _time_candidate(model, batch, task, device, candidate, steps, 1, timer,
                                 math.inf, compiled=True)
     finally:
         set_rng_state(generators)
+        dynamo_log.setLevel(level)
     return None if times is None else (times[0], statistics.median(times[1:]))
 
 
