@@ -23,6 +23,7 @@ from divekit.recipes import get_recipe, list_recipes
 TARGETS = {
     "lenet-bn-fashion-mnist": ("test_acc", operator.ge, 0.80, None),
     "lenet-bn-scratch-fashion-mnist": ("test_acc", operator.ge, 0.85, None),
+    "bilstm-ewt-pos": ("test_acc", operator.ge, 0.91, None),
     "fashion-mnist-fast": ("test_acc", operator.ge, 0.91, 30),
     "fashion-mnist-2min": ("test_acc", operator.ge, 0.93, 120),
     "resnet-cpu-fashion-mnist": ("test_acc", operator.ge, 0.92, 600),
