@@ -22,7 +22,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,37 @@ def compile_verdict(eager: float, compiled: float, first_call: float, steps: int
     return use, (f"compile: {compiled / eager:.2f}x the step time, {outcome} over {steps:,} "
                  f"steps for ~{cost:.0f} s of compiling, "
                  f"{'compiling' if use else 'not compiling'}")
+
+
+def add_compile_verdict(result: ProbeResult, model: nn.Module, batch: Any, task: Task,
+                        device: torch.device, key: str, steps: int) -> tuple[ProbeResult, bool]:
+    """``result`` (the chosen candidate, cached under ``key``) with the compile verdict for a
+    run of ``steps`` steps: not tried for a run estimated under :data:`COMPILE_WORTH`
+    seconds, else timed by :func:`probe_compile` (or read from the cache) and judged by
+    :func:`compile_verdict`; and whether the compiled step was timed now."""
+    name = label(result.choice)
+    eager = result.timings.get(name)
+    if eager is None:  # the model could not be timed: nothing to compare
+        return result, False
+    if eager * steps < COMPILE_WORTH:
+        verdict = (f"compile: not tried, the run is ~{eager * steps:.0f} s of steps, too short "
+                   f"to repay compiling")
+        return replace(result, reason=f"{result.reason}; {verdict}"), False
+    compile_key = f"{key} compile {name}"
+    timed, measured = cached(compile_key), False
+    if timed is None:
+        seconds, measured = probe_compile(model, batch, task, device, result.choice), True
+        timed = ProbeResult(result.choice, {} if seconds is None else {
+            "first compiled call": seconds[0], f"compiled {name}": seconds[1]},
+            "could not be compiled" if seconds is None else "")
+        store(compile_key, timed)
+    if not timed.timings:
+        use, verdict = False, "compile: failed here, not compiling"
+    else:
+        use, verdict = compile_verdict(eager, timed.timings[f"compiled {name}"],
+                                       timed.timings["first compiled call"], steps)
+    return replace(result, timings={**result.timings, **timed.timings},
+                   reason=f"{result.reason}; {verdict}", compile=use), measured
 
 
 def probe_compile(model: nn.Module, batch: Any, task: Task, device: torch.device,

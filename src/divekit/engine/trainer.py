@@ -658,39 +658,9 @@ class Trainer:
             autotune.store(key, result)
         if self.compile_setting != "auto" or steps is None:
             return result, note
-        return self._measure_compile(model, batch, result, key, steps, note)
-
-    def _measure_compile(self, model: nn.Module, batch, result: autotune.ProbeResult,
-                         key: str, steps: int, note: str) -> tuple[autotune.ProbeResult, str]:
-        """``result`` with the compile verdict for a run of ``steps`` steps: not tried for a
-        short run, else timed (or read from the cache) and judged by
-        :func:`~divekit.engine.autotune.compile_verdict`."""
-        name = autotune.label(result.choice)
-        eager = result.timings.get(name)
-        if eager is None:  # the model could not be timed: nothing to compare
-            return result, note
-        if eager * steps < autotune.COMPILE_WORTH:
-            verdict = (f"compile: not tried, the run is ~{eager * steps:.0f} s of steps, too "
-                       f"short to repay compiling")
-            return dataclasses.replace(result, reason=f"{result.reason}; {verdict}"), note
-        compile_key = f"{key} compile {name}"
-        timed = autotune.cached(compile_key)
-        if timed is None:
-            note = ""
-            measured = autotune.probe_compile(model, batch, self.task, self.device,
-                                              result.choice)
-            timed = autotune.ProbeResult(result.choice, {} if measured is None else {
-                "first compiled call": measured[0], f"compiled {name}": measured[1]},
-                "could not be compiled" if measured is None else "")
-            autotune.store(compile_key, timed)
-        if not timed.timings:
-            verdict, use = "compile: failed here, not compiling", False
-        else:
-            use, verdict = autotune.compile_verdict(eager, timed.timings[f"compiled {name}"],
-                                                    timed.timings["first compiled call"],
-                                                    steps)
-        return dataclasses.replace(result, timings={**result.timings, **timed.timings},
-                                   reason=f"{result.reason}; {verdict}", compile=use), note
+        result, measured = autotune.add_compile_verdict(result, model, batch, self.task,
+                                                        self.device, key, steps)
+        return result, "" if measured else note
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)

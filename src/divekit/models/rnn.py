@@ -26,6 +26,7 @@ from torch import nn
 
 from divekit.errors import DivekitError
 from divekit.models.registry import register_model
+from divekit.models.resnet import check_positive
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 BIDIRECTIONAL_REFUSAL = (
@@ -37,9 +38,17 @@ BIDIRECTIONAL_REFUSAL = (
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DivekitError(f"{name} must be a positive integer, got {value!r}")
+def _check_sizes(dropout: float, **sizes: int) -> None:
+    check_positive(**sizes)
+    if not 0 <= dropout < 1:
+        raise DivekitError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+def _check_tokens(x: object) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.dtype != torch.long:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DivekitError(f"the input must be an int64 tensor of token indices of shape "
+                           f"(batch, steps), got {shape}")
 
 
 class RNNLanguageModel(nn.Module):
@@ -82,13 +91,9 @@ class RNNLanguageModel(nn.Module):
         super().__init__()
         if cell not in CELLS:
             raise DivekitError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
-        _check_positive("vocab_size", vocab_size)
-        _check_positive("hidden_size", hidden_size)
-        _check_positive("num_layers", num_layers)
-        if embedding_dim is not None:
-            _check_positive("embedding_dim", embedding_dim)
-        if not 0 <= dropout < 1:
-            raise DivekitError(f"dropout must be in [0, 1), got {dropout!r}")
+        _check_sizes(dropout, vocab_size=vocab_size, hidden_size=hidden_size,
+                     num_layers=num_layers,
+                     **({} if embedding_dim is None else {"embedding_dim": embedding_dim}))
         self.vocab_size, self.cell, self.bidirectional = vocab_size, cell, bool(bidirectional)
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
         # nn.RNN drops only between its layers (and warns when there is one layer), so the
@@ -105,10 +110,7 @@ class RNNLanguageModel(nn.Module):
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         """One-hot vectors or embeddings of the tokens, time-major: ``(T, B, V or
         embedding_dim)``."""
-        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.dtype != torch.long:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise DivekitError(f"the input must be an int64 tensor of token indices of shape "
-                               f"(batch, steps), got {shape}")
+        _check_tokens(x)
         if self.embedding is not None:
             return self.embedding(x.T)
         return F.one_hot(x.T, self.vocab_size).to(self.output.weight.dtype)
@@ -251,12 +253,8 @@ class BiLSTMTagger(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 64,
                  hidden_size: int = 64, num_layers: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("num_classes", num_classes),
-                            ("embedding_dim", embedding_dim), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers)):
-            _check_positive(name, value)
-        if not 0 <= dropout < 1:
-            raise DivekitError(f"dropout must be in [0, 1), got {dropout!r}")
+        _check_sizes(dropout, vocab_size=vocab_size, num_classes=num_classes,
+                     embedding_dim=embedding_dim, hidden_size=hidden_size, num_layers=num_layers)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = nn.LSTM(embedding_dim, hidden_size, num_layers, bidirectional=True,
                            dropout=dropout if num_layers > 1 else 0.0)
@@ -265,12 +263,7 @@ class BiLSTMTagger(nn.Module):
 
     def forward(self, tokens: torch.Tensor, segments: torch.Tensor | None = None,
                 valid_len: torch.Tensor | None = None) -> torch.Tensor:
-        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 \
-                or tokens.dtype != torch.long:
-            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) \
-                else type(tokens).__name__
-            raise DivekitError(f"the input must be an int64 tensor of token indices of shape "
-                               f"(batch, steps), got {shape}")
+        _check_tokens(tokens)
         inputs = self.dropout(self.embedding(tokens.T))  # time-major, as in RNNLanguageModel
         if valid_len is None:
             outputs, _ = self.rnn(inputs)

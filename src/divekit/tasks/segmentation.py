@@ -69,7 +69,7 @@ class Segmentation(Classification):
                    "miou": MulticlassJaccardIndex(self.num_classes, average="macro", **options)}
         if self.class_metrics:
             metrics["iou"] = ClassNamedIoU(self.num_classes, getattr(self, "class_names", []),
-                                            **options)
+                                           **options)
         return metrics
 
     def update(self, metrics: dict[str, Any], output: Output, batch: Any) -> None:
